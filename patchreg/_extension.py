@@ -1,0 +1,163 @@
+"""Loading the compiled kernels: the prebuilt library, else a cached JIT build, else none.
+
+The prebuilt `patchreg._C` is used only when it was built against the torch that runs it
+(recorded in `_build_info.json` at build time), because a library built against another
+torch fails with undefined symbols or, worse, registers ops with a mismatched ABI. Otherwise
+the same sources are compiled on first import with `torch.utils.cpp_extension.load` (cached
+by torch in TORCH_EXTENSIONS_DIR). If that fails too, one warning is issued and the library
+runs on the pure-PyTorch reference path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+_PKG_DIR = Path(__file__).resolve().parent
+_state: dict = {"loaded": None, "error": None, "how": None}
+_on_load: list = []
+
+
+def on_load(register) -> None:
+    """Run `register()` once the library is loaded (fake/autograd registrations need the ops)."""
+    _on_load.append(register)
+    if _state["loaded"]:
+        register()
+
+
+def source_dir() -> Path | None:
+    """Folder holding the C++/CUDA sources: shipped in the package, or the repo's csrc/."""
+    for candidate in (_PKG_DIR / "_csrc", _PKG_DIR.parent / "csrc"):
+        if (candidate / "sources.txt").is_file():
+            return candidate
+    return None
+
+
+def read_sources(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The single list of sources (csrc/sources.txt) that setup.py and CMake also read."""
+    cpp, cuda = [], []
+    for line in (folder / "sources.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            (cuda if line.endswith(".cu") else cpp).append(folder / line)
+    return cpp, cuda
+
+
+def _build_info() -> dict | None:
+    path = _PKG_DIR / "_build_info.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _load_prebuilt() -> bool:
+    info = _build_info()
+    if info is None or info.get("torch_version") != torch.__version__:
+        return False
+    try:
+        importlib.import_module("patchreg._C")
+    except ImportError as exc:  # e.g. undefined symbols
+        _state["error"] = f"prebuilt library failed to import: {exc}"
+        return False
+    _state["how"] = "prebuilt"
+    return True
+
+
+def _jit_with_cuda() -> bool:
+    if os.environ.get("PATCHREG_NO_CUDA") == "1" or torch.version.cuda is None:
+        return False
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return CUDA_HOME is not None
+
+
+def _load_jit() -> bool:
+    if os.environ.get("PATCHREG_NO_JIT") == "1":
+        _state["error"] = _state["error"] or "no prebuilt library and PATCHREG_NO_JIT=1"
+        return False
+    folder = source_dir()
+    if folder is None:
+        _state["error"] = "no prebuilt library and no C++ sources to compile"
+        return False
+    from torch.utils import cpp_extension
+
+    cpp, cuda = read_sources(folder)
+    with_cuda = _jit_with_cuda()
+    sources = [str(s) for s in cpp + (cuda if with_cuda else [])]
+    defines = ["-DPATCHREG_WITH_CUDA"] if with_cuda else []
+    print(
+        f"patchreg: compiling kernels for torch {torch.__version__} "
+        f"({'CPU + CUDA' if with_cuda else 'CPU'}); this happens once and is cached",
+        file=sys.stderr,
+    )
+    try:
+        cpp_extension.load(
+            name="patchreg_jit_" + torch.__version__.replace(".", "_").replace("+", "_"),
+            sources=sources,
+            extra_cflags=["-O3", "-fopenmp", *defines],
+            extra_ldflags=["-fopenmp"],
+            extra_cuda_cflags=["-O3", "--use_fast_math", *defines] if with_cuda else None,
+            extra_include_paths=cuda_header_dirs() if with_cuda else None,
+            with_cuda=with_cuda,
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # compiler missing, build error, ...
+        _state["error"] = f"JIT compilation failed: {exc}"
+        return False
+    _state["how"] = "jit"
+    return True
+
+
+def cuda_header_dirs() -> list[str]:
+    """Include folders of the nvidia wheels (cusparse.h, cublas_v2.h) that ATen's CUDA headers need."""
+    dirs = []
+    for entry in sys.path:
+        base = Path(entry) / "nvidia"
+        if base.is_dir():
+            for inc in sorted(base.glob("*/include")):
+                dirs.append(str(inc))
+    return dirs
+
+
+def load() -> bool:
+    """Load the kernels once; True when torch.ops.patchreg is usable."""
+    if _state["loaded"] is None:
+        ok = _load_prebuilt() or _load_jit()
+        _state["loaded"] = ok
+        if ok:
+            for register in _on_load:
+                register()
+        if not ok:
+            warnings.warn(
+                "patchreg: compiled kernels unavailable, using the pure-PyTorch reference path "
+                f"({_state['error']})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _state["loaded"]
+
+
+def load_error() -> str | None:
+    return _state["error"]
+
+
+def how_loaded() -> str | None:
+    """"prebuilt", "jit" or None."""
+    return _state["how"]
+
+
+def build_info() -> dict:
+    """What the loaded library was compiled with (from the library itself)."""
+    if not load():
+        return {}
+    return json.loads(torch.ops.patchreg.build_info())
