@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from . import _toolchain
+
 _PKG_DIR = Path(__file__).resolve().parent
 _state: dict = {"loaded": None, "error": None, "how": None}
 _on_load: list = []
@@ -72,14 +74,6 @@ def _load_prebuilt() -> bool:
     return True
 
 
-def _jit_with_cuda() -> bool:
-    if os.environ.get("PATCHREG_NO_CUDA") == "1" or torch.version.cuda is None:
-        return False
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    return CUDA_HOME is not None
-
-
 def _load_jit() -> bool:
     if os.environ.get("PATCHREG_NO_JIT") == "1":
         _state["error"] = _state["error"] or "no prebuilt library and PATCHREG_NO_JIT=1"
@@ -88,12 +82,22 @@ def _load_jit() -> bool:
     if folder is None:
         _state["error"] = "no prebuilt library and no C++ sources to compile"
         return False
+    with_cuda, _ = _toolchain.want_cuda(torch.version.cuda)
+    cuda_home = _toolchain.find_cuda_home()
+    if with_cuda and cuda_home and not os.environ.get("CUDA_HOME"):
+        os.environ["CUDA_HOME"] = cuda_home
     from torch.utils import cpp_extension
 
+    if with_cuda:
+        cpp_extension.CUDA_HOME = os.environ.get("CUDA_HOME", cpp_extension.CUDA_HOME)
+        archs = _toolchain.cuda_arch_list(torch.cuda.is_available())
+        if archs:
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", archs)
     cpp, cuda = read_sources(folder)
-    with_cuda = _jit_with_cuda()
     sources = [str(s) for s in cpp + (cuda if with_cuda else [])]
-    defines = ["-DPATCHREG_WITH_CUDA"] if with_cuda else []
+    cflags = ["-O3", "-fopenmp"]
+    if with_cuda:
+        cflags += ["-DPATCHREG_WITH_CUDA", _toolchain.archs_define(os.environ.get("TORCH_CUDA_ARCH_LIST", ""))]
     print(
         f"patchreg: compiling kernels for torch {torch.__version__} "
         f"({'CPU + CUDA' if with_cuda else 'CPU'}); this happens once and is cached",
@@ -103,10 +107,10 @@ def _load_jit() -> bool:
         cpp_extension.load(
             name="patchreg_jit_" + torch.__version__.replace(".", "_").replace("+", "_"),
             sources=sources,
-            extra_cflags=["-O3", "-fopenmp", *defines],
+            extra_cflags=cflags,
             extra_ldflags=["-fopenmp"],
-            extra_cuda_cflags=["-O3", "--use_fast_math", *defines] if with_cuda else None,
-            extra_include_paths=cuda_header_dirs() if with_cuda else None,
+            extra_cuda_cflags=["-O3", "-DPATCHREG_WITH_CUDA"] if with_cuda else None,
+            extra_include_paths=_toolchain.nvidia_include_dirs() if with_cuda else None,
             with_cuda=with_cuda,
             is_python_module=False,
             verbose=False,
@@ -116,17 +120,6 @@ def _load_jit() -> bool:
         return False
     _state["how"] = "jit"
     return True
-
-
-def cuda_header_dirs() -> list[str]:
-    """Include folders of the nvidia wheels (cusparse.h, cublas_v2.h) that ATen's CUDA headers need."""
-    dirs = []
-    for entry in sys.path:
-        base = Path(entry) / "nvidia"
-        if base.is_dir():
-            for inc in sorted(base.glob("*/include")):
-                dirs.append(str(inc))
-    return dirs
 
 
 def load() -> bool:

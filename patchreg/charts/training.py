@@ -1,0 +1,207 @@
+"""Training a chart mixture: seeding, pre-training, mixture phase, overlap phase.
+
+Phases (steps counted over one stream of random mini-batches, so a run is resumable at any step):
+  1. pretrain: each chart learns the points of its k-means cluster (hard assignment);
+  2. mixture:  loss = mean_i sum_k w_ik L_ik, w_ik = softmax_k(log alpha_k + S_ik);
+  3. overlap:  as 2, but the responsibilities use the prior at 1.5 z: points near a chart's
+               border score low there and are handed to a neighbour, which must extend over
+               them, while the chart itself keeps its loss at scale 1 (its data keep filling its
+               latent ball, so its image stays as large) -> neighbouring charts overlap.
+               Alberti et al. add U(1.5 z) - U(z) to the chart energy, i.e. to the loss as well; we
+               measured (circle, K=2, FIF) that this compresses each chart's data into |z| < 0.67
+               and leaves the decoder untrained on the rest of the prior's support, so samples drawn
+               there leave the manifold (0.3-1.2 off at |z| = 1), and a later phase at scale 1 did
+               not re-expand them within 50 steps. Hence the scale is applied to the
+               responsibilities only.
+L_ik is the chart family's loss (VAE: negative ELBO; FIF: FIF loss); S_ik its assignment
+score (VAE: -L without encoder noise, as Alberti et al.; FIF: the exact chart log-density,
+because the FIF loss's value is meaningless). alpha follows the mean responsibilities.
+
+Responsibilities are detached by default (detach_responsibilities=True), for two reasons:
+with w detached, sum_k w_ik grad(-log p_ik) = grad(-log sum_k alpha_k p_ik) exactly (Fisher's
+identity), so the update is the gradient of the mixture likelihood whenever L is a (surrogate
+for the) per-chart NLL; and for FIF the scores come from the exact log-density, whose gradient
+would need the exact log-det gradient the Hutchinson surrogate exists to avoid. Alberti et al.'s
+code does not detach (their w also pushes charts apart); set False to reproduce that.
+
+At the end alpha is set to the mean responsibilities on a data sample and the density's sigma
+to its maximum-likelihood value sigma^2 = mean_i sum_k w_ik ||x_i - D_k(E_k(x_i))||^2 / (n - d).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import _checks
+from .checkpoint import load_mixture_state, save_mixture
+from .seeding import nearest_center, seed_charts
+
+PHASES = ("pretrain", "mixture", "overlap")
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite loss or gradient stopped training."""
+
+
+@dataclass
+class TrainConfig:
+    pretrain_steps: int = 300
+    mixture_steps: int = 1000
+    overlap_steps: int = 300
+    batch_size: int = 128
+    lr: float = 1e-3
+    grad_clip: float = 2.0
+    train_sigma: float = 0.05
+    overlap_scale: float = 1.5
+    detach_responsibilities: bool = True
+    alpha_momentum: float = 0.95
+    seed: int = 0
+    seed_points: int = 5000
+    checkpoint_every: int = 0
+    log_every: int = 50
+
+    @property
+    def total_steps(self) -> int:
+        return self.pretrain_steps + self.mixture_steps + self.overlap_steps
+
+    def phase(self, step: int) -> str:
+        ends = (self.pretrain_steps, self.mixture_steps, self.overlap_steps)
+        for name, end in zip(PHASES, torch.tensor(ends).cumsum(0).tolist()):
+            if step < end:
+                return name
+        return PHASES[-1]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class BatchStream:
+    """Random mini-batches (with replacement) of a data tensor, or draws from a sampler(n, generator)."""
+
+    def __init__(self, data, batch_size: int, generator: torch.Generator):
+        self.data, self.batch_size, self.generator = data, batch_size, generator
+
+    def draw(self, n: int | None = None) -> torch.Tensor:
+        n = n or self.batch_size
+        if callable(self.data):
+            return self.data(n, self.generator)
+        idx = torch.randint(len(self.data), (n,), generator=self.generator)
+        return self.data[idx]
+
+
+def check_training_data(data: torch.Tensor, ambient_dim: int) -> torch.Tensor:
+    _checks.check_tensor("data", data, ndim=2)
+    if data.shape[1] != ambient_dim:
+        raise ValueError(f"data must have shape (N, {ambient_dim}) for this model, got {tuple(data.shape)}")
+    if not torch.isfinite(data).all():
+        bad = (~torch.isfinite(data)).any(1).nonzero()[:5, 0].tolist()
+        raise ValueError(f"data contains NaN or infinite values (rows {bad} ...); clean it before training")
+    return data
+
+
+def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
+    """(loss, responsibilities (B, K)) of one mini-batch in `phase`."""
+    sigma = config.train_sigma
+    scale = config.overlap_scale if phase == "overlap" else 1.0
+    losses = torch.stack([c.training_loss(x, model.prior, sigma, 1.0, generator) for c in model.charts], dim=-1)
+    if phase == "pretrain":
+        w = torch.nn.functional.one_hot(nearest_center(x, centers), model.n_charts).to(x.dtype)
+    else:
+        with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
+            scores = torch.stack([c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1)
+        w = torch.softmax(model.log_alpha + scores, dim=-1)
+        if config.detach_responsibilities:
+            w = w.detach()
+    return (w * losses).sum(-1).mean(), w.detach()
+
+
+def _nonfinite_message(step, phase, what):
+    return (
+        f"training diverged: non-finite {what} at step {step} ({phase} phase). Lower --lr or raise "
+        f"--train-sigma, check the data scale; the last checkpoint (if any) is untouched and resumable."
+    )
+
+
+def finalize(model, points: torch.Tensor, n_rounds: int = 3) -> None:
+    """Set alpha to the mean responsibilities and sigma to its maximum-likelihood value on `points`."""
+    codim = model.ambient_dim - model.latent_dim
+    with torch.no_grad():
+        for _ in range(n_rounds):
+            w = model.responsibilities(points)
+            model.log_alpha.copy_(torch.log(w.mean(0).clamp_min(1e-12)))
+            resid = torch.stack([((points - c.decode(c.encode(points))) ** 2).sum(-1) for c in model.charts], -1)
+            sigma2 = (w * resid).sum(-1).mean() / codim
+            model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))
+
+
+def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_path=None, resume: bool = False,
+                  progress: bool = True) -> list[dict]:
+    """Train `model` on `data` (tensor (N, n) or sampler(n, generator)); returns the logged history.
+
+    With `checkpoint_path`, the state (model, optimizer, random streams, step, history) is written
+    atomically every `checkpoint_every` steps and at the end; `resume=True` continues from it.
+    """
+    config = config or TrainConfig()
+    dtype = model.log_alpha.dtype
+    if not callable(data):
+        data = check_training_data(data, model.ambient_dim).to(dtype)
+    generator = torch.Generator().manual_seed(config.seed)
+    stream = BatchStream(data, config.batch_size, generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    step, history, centers = 0, [], None
+    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+        state = load_mixture_state(checkpoint_path, model, optimizer, generator)
+        step, history, centers = state["step"], state["history"], state["centers"]
+        if state["log_alpha_running"] is not None:  # undo finalize(): training continues from the running weights
+            model.log_alpha.copy_(state["log_alpha_running"])
+    else:
+        seed_sample = stream.draw(config.seed_points)
+        check_training_data(seed_sample, model.ambient_dim)
+        centers = seed_charts(model, seed_sample, generator, model.config.get("align", "pca"))
+
+    def save(log_alpha_running=None):
+        if checkpoint_path is not None:
+            save_mixture(checkpoint_path, model, optimizer=optimizer, generator=generator, centers=centers,
+                         step=step, history=history, train_config=asdict(config), log_alpha_running=log_alpha_running)
+
+    bar = tqdm(total=config.total_steps, initial=step, disable=not progress, desc="charts", dynamic_ncols=True)
+    started = time.time()
+    while step < config.total_steps:
+        phase = config.phase(step)
+        x = stream.draw().to(dtype)
+        loss, w = mixture_loss(model, x, config, phase, centers, generator)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(_nonfinite_message(step, phase, "loss"))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if not torch.isfinite(grad_norm):
+            raise TrainingDiverged(_nonfinite_message(step, phase, "gradient"))
+        optimizer.step()
+        if phase != "pretrain":
+            with torch.no_grad():
+                m = config.alpha_momentum
+                alpha = m * model.log_alpha.exp() + (1 - m) * w.mean(0)
+                model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
+        step += 1
+        if step % config.log_every == 0 or step == config.total_steps:
+            history.append(dict(step=step, phase=phase, loss=loss.item(), seconds=time.time() - started))
+            bar.set_postfix(phase=phase, loss=f"{loss.item():.3g}")
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.total_steps:
+            save()
+        bar.update(1)
+    bar.close()
+    running = model.log_alpha.clone()
+    # a generator of its own, so that finalizing does not shift the training stream (exact resume)
+    final_stream = BatchStream(data, config.batch_size, torch.Generator().manual_seed(config.seed + 1))
+    finalize(model, final_stream.draw(min(config.seed_points, 4096)).to(dtype))
+    save(running)
+    return history

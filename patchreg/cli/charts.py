@@ -1,0 +1,138 @@
+"""`patchreg train charts`, `patchreg sample`, `patchreg evaluate`: chart mixtures from the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def register_train(train_kinds) -> None:
+    p = train_kinds.add_parser("charts", help="train a mixture of charts (VAE or FIF family) on points or images")
+    p.add_argument("--data", required=True, help="toy:NAME | points:FILE.npy | digits")
+    p.add_argument("--family", choices=("vae", "fif"), default="fif")
+    p.add_argument("--charts", type=int, default=2, help="number of charts K (>= 1)")
+    p.add_argument("--latent-dim", type=int, default=None, help="chart dimension d (< n); default: the toy manifold's")
+    p.add_argument("--architecture", choices=("mlp", "conv"), default="mlp")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks per network")
+    p.add_argument("--train-sigma", type=float, default=0.05, help="noise scale of the training loss")
+    p.add_argument("--beta", type=float, default=None, help="FIF reconstruction weight (default 1/(2 train_sigma^2))")
+    p.add_argument("--steps", type=int, default=1600,
+                   help="total steps: 1/4 pretrain, 1/2 mixture, 1/4 overlap (see patchreg.charts.training)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--n-train", type=int, default=5000, help="training points drawn from a toy manifold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200)
+    p.add_argument("--resume", action="store_true", help="continue from --out if it holds a training state")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", required=True, help="checkpoint file (.safetensors)")
+    p.set_defaults(func=_train)
+
+
+def register(commands) -> None:
+    s = commands.add_parser("sample", help="draw samples from a trained chart mixture")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--n", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--noise", action="store_true", help="add the off-manifold noise sigma")
+    s.add_argument("--out", required=True, help="output .npy (N, n); chart labels go to OUT with suffix .labels.npy")
+    s.set_defaults(func=_sample)
+    e = commands.add_parser("evaluate", help="metrics of a trained chart mixture on held-out data")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True, help="toy:NAME | points:FILE.npy | digits")
+    e.add_argument("--n", type=int, default=2000, help="generated samples and held-out points")
+    e.add_argument("--eps", type=float, default=0.1, help="coverage radius")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--out", default=None, help="write the metrics as JSON here")
+    e.set_defaults(func=_evaluate)
+
+
+def _train(args) -> int:
+    import torch
+
+    from ..charts import TrainConfig, TrainingDiverged, build_mixture, load_mixture, train_mixture
+    from ..charts.datasets import load_dataset
+
+    if args.charts < 1:
+        raise ValueError(f"--charts must be >= 1, got {args.charts}")
+    data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1)
+    d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
+    if d is None:
+        raise ValueError("--latent-dim is required for this data")
+    n = data.train.shape[1]
+    if not torch.isfinite(data.train).all():
+        raise ValueError(f"data {args.data} contains NaN or infinite values")
+    out = Path(args.out)
+    if args.resume and out.is_file():
+        model, _ = load_mixture(out, torch.float32)
+    else:
+        model = build_mixture(args.family, args.charts, n, d, args.architecture, args.width, args.blocks,
+                              args.train_sigma, args.beta).float()
+    q = args.steps // 4
+    config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
+                         lr=args.lr, train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every)
+    torch.manual_seed(args.seed)
+    try:
+        history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
+    except TrainingDiverged as exc:
+        print(f"patchreg train charts: {exc}", file=sys.stderr)
+        return 1
+    print(f"trained {args.family} mixture K={args.charts} d={d} on {args.data}: final loss {history[-1]['loss']:.4g}, "
+          f"sigma {model.sigma.item():.4g}, alpha {[round(a, 3) for a in model.log_alpha.exp().tolist()]} -> {out}")
+    return 0
+
+
+def _sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from ..charts import load_mixture
+
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    model, _ = load_mixture(args.checkpoint)
+    x, labels = model.sample(args.n, torch.Generator().manual_seed(args.seed), noise=args.noise)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, x.numpy())
+    np.save(out.with_suffix(".labels.npy"), labels.numpy())
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+def evaluate_mixture(model, dataset, n: int, eps: float, seed: int) -> dict:
+    """The metrics of the issue for `model` on `dataset` (toy manifolds get exact distances)."""
+    import torch
+
+    from ..charts import metrics
+
+    x, labels = model.sample(n, torch.Generator().manual_seed(seed))
+    test = dataset.test[:n]
+    result = {"n_samples": n, "heldout_nll": metrics.heldout_nll(model, test),
+              "sliced_w2": metrics.sliced_wasserstein2(x[: len(test)].double(), test.double(), seed=seed),
+              "chart_usage": torch.bincount(labels, minlength=model.n_charts).tolist()}
+    if dataset.manifold is not None:
+        result.update(metrics.distance_to_manifold_stats(dataset.manifold, x))
+        dense = dataset.manifold.sample(4 * n, seed + 777) if hasattr(dataset.manifold, "sample") else test
+        result["coverage"] = metrics.coverage(dense, x, eps)
+        result["coverage_eps"] = eps
+    return result
+
+
+def _evaluate(args) -> int:
+    from ..charts import load_mixture
+    from ..charts.datasets import load_dataset
+    from ..io import atomic_write_json
+
+    model, header = load_mixture(args.checkpoint)
+    dataset = load_dataset(args.data, 10, args.n, args.seed, model.latent_dim)
+    if dataset.test.shape[1] != model.ambient_dim:
+        raise ValueError(f"data {args.data} has dimension {dataset.test.shape[1]}, the model {model.ambient_dim}")
+    result = evaluate_mixture(model, dataset, args.n, args.eps, args.seed)
+    for key, value in result.items():
+        print(f"{key}: {value}")
+    if args.out:
+        atomic_write_json(args.out, {"checkpoint": str(args.checkpoint), "data": args.data, **result})
+    return 0

@@ -1,0 +1,30 @@
+"""Data: gray images in [0, 1] (bundled scikit-image photos with a fixed split, image files) and
+streaming random patch sampling."""
+
+from .images import (
+    BUNDLED_SPLITS,
+    IMAGE_EXTENSIONS,
+    VALIDATION_CROP,
+    bundled_image,
+    load_bundled,
+    load_folder,
+    load_image,
+    to_gray_float,
+    to_tensor,
+    validation_box,
+)
+from .patch_sampler import PatchSampler
+
+__all__ = [
+    "BUNDLED_SPLITS",
+    "IMAGE_EXTENSIONS",
+    "VALIDATION_CROP",
+    "PatchSampler",
+    "bundled_image",
+    "load_bundled",
+    "load_folder",
+    "load_image",
+    "to_gray_float",
+    "to_tensor",
+    "validation_box",
+]

@@ -1,0 +1,153 @@
+"""Maximum-likelihood training of a PatchFlow: Adam, NaN guard, atomic resumable checkpoints.
+
+A training checkpoint is a normal flow checkpoint (`PatchFlow.load` reads it) plus Adam's state
+as tensors "adam.{i}.exp_avg", "adam.{i}.exp_avg_sq", "adam.{i}.step" (i = parameter index) and
+a "training" entry in the header: step reached, lr, batch size, the logged loss history and
+the accumulated wall-clock seconds of the optimisation steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import io
+from .._checks import check_int
+
+__all__ = ["train_flow", "load_training_state"]
+
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def _adam_tensors(optimizer: torch.optim.Adam, params: list[torch.nn.Parameter]) -> dict[str, torch.Tensor]:
+    out = {}
+    for i, p in enumerate(params):
+        for key, value in optimizer.state.get(p, {}).items():
+            out[f"adam.{i}.{key}"] = value if torch.is_tensor(value) else torch.tensor(float(value))
+    return out
+
+
+def _set_adam_state(optimizer: torch.optim.Adam, params, tensors: dict, path) -> None:
+    for i, p in enumerate(params):
+        keys = [f"adam.{i}.{k}" for k in _ADAM_KEYS]
+        if not all(k in tensors for k in keys):
+            raise ValueError(f"{path}: the optimizer state of parameter {i} is missing; cannot resume")
+        exp_avg, exp_avg_sq, step = (tensors[k] for k in keys)
+        if exp_avg.shape != p.shape or exp_avg_sq.shape != p.shape:
+            raise ValueError(f"{path}: optimizer state of parameter {i} has the wrong shape; cannot resume")
+        optimizer.state[p] = {
+            "step": step.to(torch.float32).to(p.device),
+            "exp_avg": exp_avg.to(p),
+            "exp_avg_sq": exp_avg_sq.to(p),
+        }
+
+
+def load_training_state(flow, optimizer, path) -> tuple[int, list, float]:
+    """Load weights and Adam state of a training checkpoint into `flow`/`optimizer`.
+
+    Returns (step reached, loss history, training seconds so far). The architecture in the
+    file must equal flow.config.
+    """
+    tensors, header = io.load_checkpoint(path, "flow")
+    stored = {k: header.get(k) for k in flow.config}
+    if stored != flow.config:
+        raise ValueError(f"{path} was trained with architecture {stored}, not {flow.config}; cannot resume")
+    training = header.get("training")
+    if not isinstance(training, dict) or "step" not in training:
+        raise ValueError(f"{path} has no training state (it was saved without one); cannot resume")
+    state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        flow.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{path}: weights do not fit the architecture ({exc})") from None
+    _set_adam_state(optimizer, list(flow.parameters()), tensors, path)
+    history = [tuple(h) for h in training.get("history", [])]
+    return int(training["step"]), history, float(training.get("seconds", 0.0))
+
+
+def _save(flow, optimizer, path, step: int, lr: float, batch_size: int, history: list, seconds: float) -> None:
+    training = {"step": step, "lr": lr, "batch_size": batch_size, "history": history, "seconds": seconds}
+    flow.save(path, extra_tensors=_adam_tensors(optimizer, list(flow.parameters())), extra_config={"training": training})
+
+
+def _diverged(step: int, loss: torch.Tensor, batch: torch.Tensor, checkpoint, saved_step) -> FloatingPointError:
+    cause = (
+        "the patch batch itself holds NaN/inf values (check the images)"
+        if not bool(torch.isfinite(batch).all())
+        else "the flow diverged (try a lower lr)"
+    )
+    where = f"; last checkpoint: {checkpoint} at step {saved_step}" if checkpoint and saved_step else ""
+    return FloatingPointError(f"training stopped at step {step}: loss is {loss.item()}, {cause}{where}")
+
+
+def train_flow(
+    flow,
+    sampler,
+    steps: int,
+    lr: float = 1e-4,
+    batch_size: int = 32,
+    checkpoint=None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    progress: bool = True,
+    log_every: int = 100,
+) -> list[tuple[int, float]]:
+    """See `PatchFlow.fit`."""
+    check_int("steps", steps, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("checkpoint_every", checkpoint_every, 1)
+    check_int("log_every", log_every, 1)
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if not callable(getattr(sampler, "sample", None)):
+        raise TypeError(f"sampler must have a sample(n) method (e.g. patchreg.data.PatchSampler), got {type(sampler).__name__}")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint= (the file to resume from)")
+
+    params = list(flow.parameters())
+    # The fused CPU/CUDA Adam is ~1.5x faster here than the for-loop one, same update rule.
+    optimizer = torch.optim.Adam(params, lr=lr, fused=True)
+    start, history, seconds = 0, [], 0.0
+    if resume and Path(checkpoint).exists():
+        start, history, seconds = load_training_state(flow, optimizer, checkpoint)
+        _replay(sampler, start, batch_size)
+    saved_step = start
+
+    flow.train()
+    window_sum, window_n = 0.0, 0
+    clock = time.perf_counter()
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="flow", unit="step")
+    for step in bar:
+        batch = sampler.sample(batch_size)
+        loss = -flow.log_prob(batch).mean()
+        if not torch.isfinite(loss):
+            raise _diverged(step + 1, loss, batch, checkpoint, saved_step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window_sum, window_n = window_sum + loss.item(), window_n + 1
+        done = step + 1
+        if window_n == log_every or done == steps:
+            history.append((done, window_sum / window_n))
+            bar.set_postfix(nll=f"{window_sum / window_n:.3f}")
+            window_sum, window_n = 0.0, 0
+        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
+            seconds += time.perf_counter() - clock
+            _save(flow, optimizer, checkpoint, done, lr, batch_size, history, seconds)
+            clock = time.perf_counter()  # the time spent saving is not training time
+            saved_step = done
+    flow.eval()
+    return history
+
+
+def _replay(sampler, steps_done: int, batch_size: int) -> None:
+    """Rewind the sampler and draw the batches already used, so training continues identically."""
+    if not callable(getattr(sampler, "reset", None)):
+        raise TypeError("resuming needs a sampler with reset() (to replay its random stream)")
+    sampler.reset()
+    for _ in tqdm(range(steps_done), desc="replaying sampler", unit="batch", leave=False, disable=steps_done < 10000):
+        sampler.sample(batch_size)
