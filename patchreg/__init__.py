@@ -4,10 +4,11 @@ Patch operators run on fused C++/CUDA kernels (torch.ops.patchreg) or on a pure-
 reference (patchreg.reference); `set_backend` / `use_backend` choose between them.
 """
 
-from . import reference
+from . import metrics, physics, reference
 from ._version import __version__
 from .backend import extension_available, get_backend, set_backend, use_backend
 from .ops import aggregate_patches, aggregate_patches_at, extract_patches, extract_patches_at
+from .reconstruct import reconstruct
 
 __all__ = [
     "__version__",
@@ -17,6 +18,9 @@ __all__ = [
     "extract_patches",
     "extract_patches_at",
     "get_backend",
+    "metrics",
+    "physics",
+    "reconstruct",
     "reference",
     "set_backend",
     "use_backend",

@@ -235,6 +235,17 @@ def test_fbp_reconstructs_the_phantom_from_full_angle_data():
     assert psnr(limited.fbp(limited.A(phantom)), phantom)[0] < psnr(ramp, phantom)[0] - 5
 
 
+@pytest.mark.parametrize(
+    "geometry", [{"detector_spacing": 0.5}, {"detector_spacing": 0.7}, {"angle_range": 2 * math.pi}]
+)
+def test_fbp_scaling_holds_for_other_geometries(geometry):
+    phantom = torch.from_numpy(P.shepp_logan(48))[None, None]
+    op = P.Tomography(48, n_angles=90, **geometry)
+    reconstruction = op.fbp(op.A(phantom))
+    assert abs(float(reconstruction.mean() / phantom.mean()) - 1) < 0.01
+    assert psnr(reconstruction, phantom)[0] > 27.0
+
+
 def test_tomography_initial_guess_is_hann_fbp():
     op = P.Tomography(16, 10)
     y = op.A(_rand((1, 2, 16, 16)))

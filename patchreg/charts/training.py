@@ -130,10 +130,12 @@ def _nonfinite_message(step, phase, what):
     )
 
 
-def finalize(model, points: torch.Tensor, n_rounds: int = 3) -> None:
-    """Set alpha to the mean responsibilities and sigma to its maximum-likelihood value on `points`."""
+def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3) -> None:
+    """Set alpha to the mean responsibilities and sigma to its maximum-likelihood value on `points`
+    (alternating, starting from `start_sigma`)."""
     codim = model.ambient_dim - model.latent_dim
     with torch.no_grad():
+        model.log_sigma.fill_(math.log(start_sigma))
         for _ in range(n_rounds):
             w = model.responsibilities(points)
             model.log_alpha.copy_(torch.log(w.mean(0).clamp_min(1e-12)))
@@ -202,6 +204,6 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
     running = model.log_alpha.clone()
     # a generator of its own, so that finalizing does not shift the training stream (exact resume)
     final_stream = BatchStream(data, config.batch_size, torch.Generator().manual_seed(config.seed + 1))
-    finalize(model, final_stream.draw(min(config.seed_points, 4096)).to(dtype))
+    finalize(model, final_stream.draw(min(config.seed_points, 4096)).to(dtype), config.train_sigma)
     save(running)
     return history

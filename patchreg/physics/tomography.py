@@ -33,6 +33,10 @@ class Tomography(LinearPhysics):
     image_size: int or (H, W). n_angles angles evenly spaced over [angle_start, angle_start +
     angle_range) radians (endpoint excluded); angle_range < pi gives limited-angle CT.
     n_detectors defaults to enough bins of `detector_spacing` pixels to cover the diagonal.
+
+    Cost: the matrix has about 2 * n_angles * H * W nonzeros (256 x 256 with 180 angles: 21M,
+    0.25 GB per direction in float64, about 8 s to build on the 2-core dev machine; float32
+    copies are added on first float32 use). Build one operator per geometry and reuse it.
     """
 
     def __init__(self, image_size, n_angles: int, angle_range: float = math.pi, angle_start: float = 0.0,
@@ -97,7 +101,7 @@ class Tomography(LinearPhysics):
 
     # -- filtered back-projection ---------------------------------------------------------
     def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
-        """Filtered back-projection: A* of the ramp-filtered sinogram times the angle step.
+        """Filtered back-projection: A* of the ramp-filtered sinogram, times the quadrature weight.
 
         filter: "ramp" (Ram-Lak, the band-limited spatial ramp of Kak & Slaney) or "hann"
         (ramp times a Hann window, less noise, less resolution). Exact for full-angle data up
@@ -110,8 +114,19 @@ class Tomography(LinearPhysics):
         padded_length = 2 * (response.shape[-1] - 1)
         spectrum = torch.fft.rfft(y, n=padded_length, dim=-1) * response
         filtered = torch.fft.irfft(spectrum, n=padded_length, dim=-1)[..., : self.n_detectors]
+        return self.A_adjoint(filtered) * self._fbp_weight()
+
+    def _fbp_weight(self) -> float:
+        """Quadrature weight of the back-projection sum.
+
+        The angle step, times the detector spacing (A* spreads each ray over 1 / spacing
+        pixels' worth of weight), divided by the number of times the angles cover [0, pi)
+        when the range exceeds pi (exact for 2 pi; uniform weighting in between, no Parker
+        weights).
+        """
         angle_step = self.angle_range / self.n_angles
-        return self.A_adjoint(filtered) * angle_step
+        redundancy = max(self.angle_range / math.pi, 1.0)
+        return angle_step * self.detector_spacing / redundancy
 
     def initial_guess(self, y: torch.Tensor) -> torch.Tensor:
         """FBP with the Hann-windowed ramp: a start image robust to noise."""
