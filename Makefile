@@ -31,7 +31,7 @@ $(BUILD_STAMP): $(VENV)/.deps $(SOURCES)
 build: $(BUILD_STAMP)
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 demo: build
 	$(VENV)/bin/patchreg demo --out demo_out --seed 0

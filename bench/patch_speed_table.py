@@ -3,8 +3,8 @@
 For every case of tests/patch_cases.BENCH_CASES, the extension, the pure-PyTorch reference and
 torch's own F.unfold / F.fold are timed in interleaved rounds (so machine noise hits all of them
 alike); the table gives medians and the ratios torch / extension. Peak memory is measured in a
-fresh subprocess per operator as the growth of the peak resident set while the op runs, next to
-the size of its output.
+fresh subprocess per operator (Linux: VmHWM reset through /proc/self/clear_refs) as the growth
+of the peak resident set while the op runs, next to the size of its output.
 
     python bench/patch_speed_table.py [--rounds 15] [--out bench/results/patch_speed.md]
 """
@@ -91,7 +91,7 @@ def time_interleaved(fns: dict, rounds: int) -> dict:
 
 
 _MEMORY_CHILD = r"""
-import resource, sys, json, torch, torch.nn.functional as F
+import sys, json, torch, torch.nn.functional as F
 sys.path.insert(0, sys.argv[1])
 import patchreg
 op, impl, n, p, s = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -110,10 +110,16 @@ def run():
         if op == "extract":
             return patchreg.extract_patches(x, p, s)
         return patchreg.aggregate_patches(patches, (n, n), p, s)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def status_kb(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")  # reset the peak-RSS counter (VmHWM) to the current RSS
+before = status_kb("VmRSS")
 out = run()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_growth_mb": (after - before) / 1024, "output_mb": out.numel() * out.element_size() / 2**20}))
+peak = status_kb("VmHWM")
+print(json.dumps({"peak_growth_mb": (peak - before) / 1024, "output_mb": out.numel() * out.element_size() / 2**20}))
 """
 
 
@@ -156,8 +162,8 @@ def main(argv=None) -> int:
 
     mem_lines = [
         "",
-        "Peak memory (512x512, p=8, s=1, float32): growth of the peak resident set during one call, "
-        "fresh process each.",
+        "Peak memory (512x512, p=8, s=1, float32): peak resident set during one call minus the "
+        "resident set before it (VmHWM after resetting it through /proc/self/clear_refs), fresh process each.",
         "",
         "| op | impl | peak growth MB | output MB |",
         "|---|---|---|---|",

@@ -61,9 +61,18 @@ def _build_info() -> dict | None:
         return None
 
 
+def prebuilt_matches(info: dict | None) -> bool:
+    """A prebuilt library is usable only if it was built against this very torch."""
+    return info is not None and info.get("torch_version") == torch.__version__
+
+
 def _load_prebuilt() -> bool:
+    if os.environ.get("PATCHREG_FORCE_JIT") == "1":  # testing / forcing a rebuild
+        return False
     info = _build_info()
-    if info is None or info.get("torch_version") != torch.__version__:
+    if not prebuilt_matches(info):
+        if info is not None:
+            _state["error"] = f"prebuilt library is for torch {info.get('torch_version')}, this is {torch.__version__}"
         return False
     try:
         importlib.import_module("patchreg._C")
@@ -116,7 +125,8 @@ def _load_jit() -> bool:
             verbose=False,
         )
     except Exception as exc:  # compiler missing, build error, ...
-        _state["error"] = f"JIT compilation failed: {exc}"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _state["error"] = f"JIT compilation failed: {first[:240]}{'...' if len(first) > 240 else ''}"
         return False
     _state["how"] = "jit"
     return True

@@ -168,6 +168,34 @@ def test_kernels_gradcheck_and_opcheck(kernels):
     torch.library.opcheck(kernels.gmm_component_log_prob_backward, (g, x.detach(), u, mu), test_utils=quick)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("K,d,N", [(1, 1, 1), (5, 36, 300), (3, 64, 129)])
+def test_cuda_kernels_match_reference(kernels, K, d, N):
+    u, c, mu, _, _ = random_mixture(K, d, seed=N, triangular=False)
+    x = random_patches(N, d, seed=K)
+    cuda = [t.cuda() for t in (x, u, c, mu)]
+    torch.testing.assert_close(
+        kernels.gmm_component_log_prob(*cuda).cpu(), ref.gmm_component_log_prob(x, u, c, mu), rtol=1e-12, atol=1e-10
+    )
+    loglik, best, grad = (t.cpu() for t in kernels.gmm_mixture_log_prob(*cuda, True))
+    r_loglik, r_best, r_grad = ref.gmm_mixture_log_prob(x, u, c, mu)
+    torch.testing.assert_close(loglik, r_loglik, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(grad, r_grad, rtol=1e-10, atol=1e-10)
+    assert torch.equal(best, r_best)
+    g = random_patches(N, K, seed=7)
+    torch.testing.assert_close(
+        kernels.gmm_component_log_prob_backward(g.cuda(), *cuda[:2], cuda[3]).cpu(),
+        ref.gmm_component_log_prob_backward(g, x, u, mu),
+        rtol=1e-10,
+        atol=1e-10,
+    )
+    loglik32, _, _ = kernels.gmm_mixture_log_prob(*(t.float() for t in cuda), False)
+    torch.testing.assert_close(loglik32.cpu().double(), r_loglik, rtol=1e-5, atol=1e-3)
+    u65, c65, mu65, _, _ = random_mixture(1, 65)
+    with pytest.raises(ValueError, match="d <= 64"):
+        kernels.gmm_component_log_prob(random_patches(2, 65).cuda(), u65.cuda(), c65.cuda(), mu65.cuda())
+
+
 def test_kernel_argument_errors(kernels):
     u, c, mu, _, _ = random_mixture(3, 5)
     x = random_patches(4, 5)

@@ -20,7 +20,7 @@ def circle_file(tmp_path):
 def test_points_end_to_end(circle_file, tmp_path, capsys):
     out = tmp_path / "out"
     code = main(["topology", "--points", str(circle_file), "--patch-size", "3", "--core", "10,100",
-                 "--charts", "16", "--landmarks", "50", "--out", str(out), "--seed", "1"])
+                 "--charts", "16", "--chart-dim", "1", "--landmarks", "40", "--out", str(out), "--seed", "1"])
     assert code == 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "circle"
@@ -28,6 +28,16 @@ def test_points_end_to_end(circle_file, tmp_path, capsys):
     for name in ("report.md", "barcodes.png", "klein_square.png", "chart_patches.png"):
         assert (out / name).stat().st_size > 0
     assert "circle" in capsys.readouterr().out
+
+
+def test_any_point_cloud_end_to_end(tmp_path):
+    path = tmp_path / "sphere.npy"
+    np.save(path, sample_model("sphere", 1200, seed=0)[0] * 3.0)  # radius 3: not the patch sphere
+    out = tmp_path / "out"
+    assert main(["topology", "--points", str(path), "--any-points", "--core", "none", "--charts", "16",
+                 "--chart-dim", "2", "--landmarks", "60", "--out", str(out)]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["verdict"] == "sphere" and verdict["charts"]["orientable"] is True
 
 
 def test_images_end_to_end(tmp_path):

@@ -1,6 +1,23 @@
 """Manifold learning with chart mixtures: mixtures of VAE charts (Alberti et al.) and of injective
 free-form flows (FIF, Sorrenson et al.), with exact chart densities, sampling, responsibilities,
 projection and chart assignment.
+
+    from patchreg.charts import build_mixture, train_mixture, TrainConfig
+    from patchreg.data.toy_manifolds import get_manifold
+    torus = get_manifold("torus")
+    data = torch.from_numpy(torus.sample(5000, seed=0)).float()
+    model = build_mixture("fif", n_charts=6, ambient_dim=3, latent_dim=2)   # or "vae"
+    train_mixture(model, data, TrainConfig(seed=0), checkpoint_path="torus.safetensors")
+    x, chart = model.sample(1000); logp = model.log_prob(data); r = model.responsibilities(data)
+
+Modules: latent_prior (compact radial prior), coupling (invertible net of the VAE charts),
+architectures (residual MLP, conv ResNet), chart (frame, exact chart density), vae_chart / fif_chart
+(the two families and their losses), mixture (ChartMixture, build_mixture), seeding (k-means),
+training (phases, responsibilities, NaN guard), checkpoint (kind "charts"), stacked (all-K reference
+`charts_log_prob` for a fused kernel), metrics, datasets (data specs of the CLI).
+Custom encoder/decoder pairs: ChartMixture([FreeFormChart(enc, dec, n, d), ...]); such a model is
+saved with save_mixture, but load_mixture can only rebuild built-in architectures (build the model
+yourself and pass it to train_mixture(..., resume=True) to load its weights).
 """
 
 from .architectures import ConvResNetDecoder, ConvResNetEncoder, ResidualMLP, build_encoder_decoder

@@ -50,3 +50,20 @@ def heldout_nll(model, x, batch: int = 1024) -> float:
 
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def evaluate_mixture(model, dataset, n: int = 2000, eps: float = 0.1, seed: int = 0) -> dict:
+    """All metrics for `model` on a patchreg.charts.datasets.Dataset; toy manifolds get exact distances."""
+    x, labels = model.sample(n, torch.Generator().manual_seed(seed))
+    test = dataset.test[:n]
+    result = {
+        "n_samples": n,
+        "heldout_nll": heldout_nll(model, test),
+        "sliced_w2": sliced_wasserstein2(x[: len(test)].double(), test.double(), seed=seed),
+        "chart_usage": torch.bincount(labels, minlength=model.n_charts).tolist(),
+    }
+    if dataset.manifold is not None:
+        result.update(distance_to_manifold_stats(dataset.manifold, x))
+        result["coverage"] = coverage(dataset.manifold.sample(4 * n, seed + 777), x, eps)
+        result["coverage_eps"] = eps
+    return result

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -102,28 +101,10 @@ def _sample(args) -> int:
     return 0
 
 
-def evaluate_mixture(model, dataset, n: int, eps: float, seed: int) -> dict:
-    """The metrics of the issue for `model` on `dataset` (toy manifolds get exact distances)."""
-    import torch
-
-    from ..charts import metrics
-
-    x, labels = model.sample(n, torch.Generator().manual_seed(seed))
-    test = dataset.test[:n]
-    result = {"n_samples": n, "heldout_nll": metrics.heldout_nll(model, test),
-              "sliced_w2": metrics.sliced_wasserstein2(x[: len(test)].double(), test.double(), seed=seed),
-              "chart_usage": torch.bincount(labels, minlength=model.n_charts).tolist()}
-    if dataset.manifold is not None:
-        result.update(metrics.distance_to_manifold_stats(dataset.manifold, x))
-        dense = dataset.manifold.sample(4 * n, seed + 777) if hasattr(dataset.manifold, "sample") else test
-        result["coverage"] = metrics.coverage(dense, x, eps)
-        result["coverage_eps"] = eps
-    return result
-
-
 def _evaluate(args) -> int:
     from ..charts import load_mixture
     from ..charts.datasets import load_dataset
+    from ..charts.metrics import evaluate_mixture
     from ..io import atomic_write_json
 
     model, header = load_mixture(args.checkpoint)

@@ -31,13 +31,15 @@ def register(subparsers) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", help="folder of images, or 'bundled' for the bundled photos (all splits)")
     source.add_argument("--points", help=".npy/.mat point cloud: (N, p^2-1) points on S^(p^2-2) or (N, p^2) raw patches")
+    parser.add_argument("--any-points", action="store_true",
+                        help="--points is any point cloud (no patch size or sphere check, no patch figures)")
     parser.add_argument("--patch-size", type=int, default=3, help="p (>= 2); checked against --points columns")
     parser.add_argument("--core", type=_core, default=(300, 30.0), help="k,q of X(k, q), or 'none' (default 300,30)")
     parser.add_argument("--charts", type=_charts, default="auto", help="number of charts K, or 'auto'")
     parser.add_argument("--chart-dim", default="auto", choices=["auto", "1", "2"])
     parser.add_argument("--landmarks", type=int, default=150, help="maxmin landmarks for persistent homology")
     parser.add_argument("--patches-per-image", type=int, default=5000, help="random patches drawn per image")
-    parser.add_argument("--max-chart-points", type=int, default=4000, help="core points used to fit charts")
+    parser.add_argument("--max-chart-points", type=int, default=8000, help="core points used to fit charts")
     parser.add_argument("--no-charts", action="store_true", help="persistent homology only")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,6 +52,8 @@ def load_sphere_points(args):
 
     from ..topology import preprocessing as pre
 
+    if args.any_points and args.points is None:
+        raise ValueError("--any-points needs --points")
     if args.patch_size < 2:
         raise ValueError(f"--patch-size must be >= 2 (a 1x1 patch has no contrast), got {args.patch_size}")
     if args.images is not None:
@@ -63,6 +67,8 @@ def load_sphere_points(args):
             images = data.load_folder(args.images)
         return pre.images_to_sphere(images, args.patch_size, max_patches_per_image=args.patches_per_image, seed=args.seed)
     points = pre.load_points(args.points)
+    if args.any_points:
+        return points
     dim = points.shape[1]
     if dim == args.patch_size**2:
         return pre.patches_to_sphere(points)[0]
@@ -96,6 +102,6 @@ def run(args) -> int:
         charts=not args.no_charts,
     )
     inputs = {k: v for k, v in vars(args).items() if k != "func"}
-    evidence = write_report(result, inputs, args.out, patch_size=args.patch_size, title=f"p={args.patch_size}, core={args.core}")
+    evidence = write_report(result, inputs, args.out, patch_size=None if args.any_points else args.patch_size, title=f"p={args.patch_size}, core={args.core}")
     print(f"verdict: {evidence['verdict']}  (report: {Path(args.out) / 'report.md'})")
     return 0

@@ -13,6 +13,7 @@ from .images import (
     to_tensor,
     validation_box,
 )
+from . import toy_manifolds
 from .patch_sampler import PatchSampler
 
 __all__ = [
@@ -26,5 +27,6 @@ __all__ = [
     "load_image",
     "to_gray_float",
     "to_tensor",
+    "toy_manifolds",
     "validation_box",
 ]

@@ -138,10 +138,15 @@ class InvertibleLinearLU(nn.Module):
         self.upper = nn.Parameter(torch.triu(U, 1).float())
         self.log_abs_s = nn.Parameter(torch.log(torch.abs(s)).float())
 
-    def weight(self) -> torch.Tensor:
+    def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """L (unit lower-triangular) and U (upper-triangular) from the free parameters."""
         eye = torch.eye(self.P.shape[0], dtype=self.lower.dtype, device=self.lower.device)
         L = self.lower * self.lower_mask + eye
         U = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_abs_s))
+        return L, U
+
+    def weight(self) -> torch.Tensor:
+        L, U = self._factors()
         return self.P @ L @ U
 
     def forward(self, x: torch.Tensor):
@@ -150,9 +155,7 @@ class InvertibleLinearLU(nn.Module):
 
     def inverse(self, y: torch.Tensor):
         # Triangular solves instead of a general inverse: W^-1 = U^-1 L^-1 P^T.
-        eye = torch.eye(self.P.shape[0], dtype=self.lower.dtype, device=self.lower.device)
-        L = self.lower * self.lower_mask + eye
-        U = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_abs_s))
+        L, U = self._factors()
         rhs = self.P.T @ y.T
         v = torch.linalg.solve_triangular(L, rhs, upper=False, unitriangular=True)
         x = torch.linalg.solve_triangular(U, v, upper=True)

@@ -22,6 +22,7 @@ from torch import nn
 from .. import io
 from .._checks import check_int
 from .coupling import MIXINGS, CouplingFlow
+from .flow_training import train_flow
 
 __all__ = ["PatchFlow"]
 
@@ -130,8 +131,6 @@ class PatchFlow(nn.Module):
         the uninterrupted run. Stops with FloatingPointError on a non-finite loss.
         Returns [(step, mean NLL per patch over the last log_every steps)].
         """
-        from .flow_training import train_flow
-
         return train_flow(
             self, sampler, steps, lr=lr, batch_size=batch_size, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress, log_every=log_every,
@@ -162,8 +161,8 @@ class PatchFlow(nn.Module):
             )
         flow = cls(**config)
         state = {k[len(_MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(_MODEL_PREFIX)}
-        dtype = next(iter(state.values())).dtype if state else torch.float32
-        flow.to(dtype)
+        floats = [v.dtype for v in state.values() if v.is_floating_point()]
+        flow.to(floats[0] if floats else torch.float32)  # float64 files stay float64
         try:
             flow.load_state_dict(state)
         except RuntimeError as exc:

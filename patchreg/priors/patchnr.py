@@ -5,8 +5,10 @@
 
 with N_p patch positions drawn uniformly (with replacement) among all valid top-left corners,
 re-drawn on every call from a seeded generator, so successive iterations of a reconstruction see
-different patches. With "mean", lam is independent of N_p (the paper's lam: 700 for CT, 0.15
-for x4 SR); with "sum", divide such a lam by N_p.
+different patches. With "mean", lam does not depend on N_p; with "sum", divide a lam tuned for
+"mean" by N_p. The paper's lam (700 for CT, 0.15 for x4 SR) goes with its data terms (plain
+||Ax - y||^2 for SR); against `GaussianNoise.nll` = ||Ax - y||^2 / (2 sigma^2) multiply it by
+1 / (2 sigma^2). lam does grow with the image: the data term sums over pixels, R is a mean.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ def _kmeans(points: np.ndarray, n_charts: int, seed: int, iterations: int = 10) 
 
 def _local_pca(cell: np.ndarray):
     mean = cell.mean(axis=0)
-    _, sing, vt = np.linalg.svd(cell - mean, full_matrices=False)
+    _, sing, vt = np.linalg.svd(cell - mean, full_matrices=True)  # full: tiny cells still give d axes
     variances = np.zeros(cell.shape[1])
     variances[: len(sing)] = sing**2 / max(len(cell) - 1, 1)
     return mean, vt.T, variances
@@ -91,8 +91,8 @@ def _local_pca(cell: np.ndarray):
 def _cells(points: np.ndarray, n_charts: int, seed: int):
     if n_charts < 1 or n_charts > len(points):
         raise ValueError(f"n_charts must be in [1, {len(points)}] (the number of points), got {n_charts}")
-    labels = _kmeans(points, n_charts, seed)
-    return labels, [_local_pca(points[labels == k]) for k in range(n_charts) if np.any(labels == k)]
+    _, labels = np.unique(_kmeans(points, n_charts, seed), return_inverse=True)  # drop empty cells
+    return labels, [_local_pca(points[labels == k]) for k in range(labels.max() + 1)]
 
 
 def chart_flatness(points: np.ndarray, n_charts: int, dim: int, seed: int = 0) -> np.ndarray:

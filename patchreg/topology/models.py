@@ -53,11 +53,11 @@ def _to_sphere(patches: np.ndarray) -> np.ndarray:
 
 
 def _add_noise(points: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian noise of std `noise` per coordinate, then back onto the unit sphere."""
-    if noise <= 0:
-        return points
+    """Gaussian noise of std `noise` per coordinate; clouds on the unit sphere are put back on it."""
     noisy = points + noise * rng.standard_normal(points.shape)
-    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    if np.allclose(np.linalg.norm(points, axis=1), 1.0):
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    return noisy
 
 
 def klein_bottle(n, rng, patch_size=3):
@@ -134,6 +134,6 @@ def sample_model(name: str, n: int, seed: int = 0, patch_size: int = 3, noise: f
     rng = np.random.default_rng(seed)
     generator, truth = MODELS[name]
     points = generator(n, rng, patch_size)
-    if noise > 0:
-        points = _add_noise(points, noise, rng) if name not in ("two-circles",) else points + noise * rng.standard_normal(points.shape)
-    return points, truth
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
+    return (_add_noise(points, noise, rng) if noise > 0 else points), truth

@@ -120,14 +120,13 @@ def plot_barcodes(barcodes: Barcodes, path, title: str = "", threshold: float | 
             top = dgm[np.argsort(-np.nan_to_num(lengths, posinf=1e9))][:max_bars]
             cap = np.nanmax(np.where(np.isfinite(dgm[:, 1]), dgm[:, 1], np.nan)) if len(dgm) else 1.0
             cap = 1.05 * (cap if np.isfinite(cap) else 1.0)
-            for y, (birth, death) in enumerate(top):
-                long = threshold is not None and death - birth >= threshold and dim > 0
-                end = death if np.isfinite(death) else cap
-                ax.plot([birth, end], [y, y], lw=2.5 if long else 1.5, color="C3" if long else "C0")
+            ends = np.where(np.isfinite(top[:, 1]), top[:, 1], cap)
+            long = (top[:, 1] - top[:, 0] >= threshold) & (dim > 0) if threshold is not None else np.zeros(len(top), bool)
+            ax.hlines(np.arange(len(top)), top[:, 0], ends, colors=np.where(long, "C3", "C0"), linewidths=np.where(long, 2.5, 1.5))
             ax.set_title(f"H{dim}, Z/{coeff} ({len(dgm)} bars)", fontsize=9)
             ax.set_yticks([])
             ax.set_xlabel("Rips scale")
     fig.suptitle(title + (f"  (red: long bars, length >= {threshold:.3f})" if threshold else ""), fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.subplots_adjust(hspace=0.6, wspace=0.25)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

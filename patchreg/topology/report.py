@@ -12,7 +12,7 @@ from .models import polynomial_patches
 from .persistence import plot_barcodes
 from .preprocessing import dct_basis, patches_to_sphere
 
-__all__ = ["verdict_json", "write_report", "klein_parameters", "plot_klein_square", "plot_chart_patches"]
+__all__ = ["verdict_json", "write_report", "klein_parameters", "plot_klein_square", "patch_mosaic", "plot_chart_patches"]
 
 
 def _scan_rows(scan):
@@ -112,31 +112,41 @@ def plot_klein_square(centres, edges, patch_size: int, path, title: str = ""):
     ax.set_xlabel("t (edge angle; t=0 glued to t=pi with u -> -u)")
     ax.set_ylabel("u (linear <-> quadratic)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
+def patch_mosaic(points, cover, patch_size: int, per_chart: int = 6, max_charts: int = 32) -> np.ndarray:
+    """One image: row k holds the per_chart points chart k explains best, as p x p patches (A v),
+    each scaled to [0, 1], separated by one-pixel gaps (NaN)."""
+    basis, _ = dct_basis(patch_size)
+    n_charts = min(cover.n_charts, max_charts)
+    step = patch_size + 1
+    mosaic = np.full((n_charts * step, per_chart * step), np.nan)
+    for k in range(n_charts):
+        for c, i in enumerate(np.argsort(cover.scores[:, k])[:per_chart]):
+            patch = (basis @ points[i]).reshape(patch_size, patch_size)
+            patch = (patch - patch.min()) / max(np.ptp(patch), 1e-12)
+            mosaic[k * step : k * step + patch_size, c * step : c * step + patch_size] = patch
+    return mosaic
+
+
 def plot_chart_patches(points, cover, patch_size: int, path, per_chart: int = 6, max_charts: int = 32):
-    """Rows = charts, columns = the chart's best-explained points, as p x p patches (A v)."""
+    """Representative patches per chart (rows = charts), drawn as one mosaic image."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    basis, _ = dct_basis(patch_size)
-    n_charts = min(cover.n_charts, max_charts)
-    fig, axes = plt.subplots(n_charts, per_chart, figsize=(per_chart * 0.7, n_charts * 0.7), squeeze=False)
-    for k in range(n_charts):
-        best = np.argsort(cover.scores[:, k])[:per_chart]
-        for c, i in enumerate(best):
-            ax = axes[k, c]
-            ax.imshow((basis @ points[i]).reshape(patch_size, patch_size), cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[k, 0].set_ylabel(str(k), rotation=0, fontsize=6, labelpad=8)
-    fig.tight_layout(pad=0.1)
-    fig.savefig(path, dpi=100)
+    mosaic = patch_mosaic(points, cover, patch_size, per_chart, max_charts)
+    fig, ax = plt.subplots(figsize=(per_chart * 0.6 + 1, mosaic.shape[0] / (patch_size + 1) * 0.6 + 0.5))
+    ax.imshow(mosaic, cmap="gray", interpolation="nearest")
+    step = patch_size + 1
+    ax.set_yticks(np.arange(mosaic.shape[0] // step) * step + patch_size / 2 - 0.5)
+    ax.set_yticklabels(range(mosaic.shape[0] // step), fontsize=6)
+    ax.set_xticks([])
+    ax.set_ylabel("chart")
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
 
 
