@@ -1,7 +1,8 @@
 """`patchreg demo`: the main job on the photos scikit-image ships, with a report folder.
 
 Stage 1 (patch operators): extract and aggregate the patches of every bundled image on both
-backends, check that they agree, and time them. Later stages are added as the library grows.
+backends, check that they agree, and time them. Further stages live in modules named demo_*.py
+beside this one and append themselves to DEMO_STAGES (the CLI imports them in name order).
 Writes report.md and report.json into --out.
 """
 
@@ -101,5 +102,10 @@ def register(commands) -> None:
     parser = commands.add_parser("demo", help="run the main job on the bundled scikit-image photos")
     parser.add_argument("--out", default="demo_out", help="report folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patch-size", type=int, default=8)
+    parser.add_argument("--patch-size", type=int, default=8, help="patch size of the operator stage")
+    parser.add_argument("--sigma", type=float, default=25.0, help="EPLL noise level on the 0-255 scale")
+    parser.add_argument("--gmm-components", type=int, default=20)
+    parser.add_argument("--gmm-patch-size", type=int, default=6)
+    parser.add_argument("--gmm-iters", type=int, default=10)
+    parser.add_argument("--gmm-patches", type=int, default=100_000, help="patches per EM iteration")
     parser.set_defaults(func=run)

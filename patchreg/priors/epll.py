@@ -44,9 +44,12 @@ def wiener_denoise_patches(patches: torch.Tensor, gmm: GMM, noise_var: float) ->
     if gmm.remove_mean:
         means = patches.mean(dim=1, keepdim=True)
         patches = patches - means
-    params = gmm.component_params(extra_variance=noise_var, dtype=dtype, device=device)
+    prec_chol, log_const, mu = gmm.component_params(extra_variance=noise_var)  # float64
+    params = tuple(t.to(dtype=dtype, device=device) for t in (prec_chol, log_const, mu))
     best = _best_components(patches.contiguous(), params)
-    filters = _wiener_filters(gmm, noise_var).to(dtype=dtype, device=device)  # (K, d, d), transposed
+    # Wiener filters, transposed: (Sigma + s I)^-1 Sigma = I - s (Sigma + s I)^-1 = I - s U U^T.
+    eye = torch.eye(gmm.dim, dtype=prec_chol.dtype, device=prec_chol.device)
+    filters = (eye - noise_var * prec_chol @ prec_chol.mT).to(dtype=dtype, device=device)  # (K, d, d)
     mu = gmm.means.to(dtype=dtype, device=device)
     out = torch.empty_like(patches)
     order = torch.argsort(best)
@@ -69,14 +72,6 @@ def _best_components(patches: torch.Tensor, params, chunk: int = 65536) -> torch
     (patch, component) (30% faster); chunks of patches bound the (chunk, K) buffer.
     """
     return torch.cat([gmm_log_prob(part, *params).argmax(dim=1) for part in patches.split(chunk)])
-
-
-def _wiener_filters(gmm: GMM, noise_var: float) -> torch.Tensor:
-    """W_k^T = (Sigma_k + noise_var I)^-1 Sigma_k for all k, float64 (K, d, d), so z = mu + (x - mu) W_k^T."""
-    cov = gmm.covariances
-    eye = torch.eye(gmm.dim, dtype=cov.dtype, device=cov.device)
-    chol = torch.linalg.cholesky(cov + noise_var * eye)
-    return torch.cholesky_solve(cov, chol)
 
 
 def _is_denoising(physics) -> bool:
