@@ -88,7 +88,7 @@ void load_block(const T* X, int64_t n0, int64_t nb, int64_t d, T* xt) {
 
 // y = U_k^T (x - mu_k) for the block (d x kBlock, stored if y != nullptr) and quad = ||y||^2.
 template <typename T>
-[[gnu::always_inline]] inline void project(const Mixture<T>& m, int64_t k, const T* xt, T* y, T* quad) {
+void project(const Mixture<T>& m, int64_t k, const T* xt, T* y, T* quad) {
   const int64_t d = m.d;
   const T* u = m.U + k * d * d;
   const T* off = m.offset.data() + k * d;
@@ -110,7 +110,7 @@ template <typename T>
 
 // g += weight[n] * (-U_k y) after g *= scale[n] (scale == nullptr: no rescaling); d x kBlock.
 template <typename T>
-[[gnu::always_inline]] inline void accumulate_gradient(const Mixture<T>& m, int64_t k, const T* y, const T* scale,
+void accumulate_gradient(const Mixture<T>& m, int64_t k, const T* y, const T* scale,
                          const T* weight, T* g) {
   const int64_t d = m.d;
   const T* u = m.U + k * d * d;
@@ -133,28 +133,6 @@ template <typename T>
   }
 }
 
-// The two inner loops above, compiled twice (FMA (with AVX) and baseline x86-64) and picked at load
-// time (GCC function multiversioning): the package is built without -march, and the AVX2/FMA
-// version measured 2.2x faster on this project's CPU.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(__CUDACC__)
-#define PATCHREG_CPU_CLONES __attribute__((target_clones("fma", "default")))
-#else
-#define PATCHREG_CPU_CLONES
-#endif
-
-#define PATCHREG_DEFINE_DISPATCH(T)                                                           \
-  PATCHREG_CPU_CLONES void project_any(const Mixture<T>& m, int64_t k, const T* xt, T* y,      \
-                                       T* quad) {                                              \
-    project<T>(m, k, xt, y, quad);                                                             \
-  }                                                                                            \
-  PATCHREG_CPU_CLONES void accumulate_gradient_any(const Mixture<T>& m, int64_t k, const T* y, \
-                                                   const T* scale, const T* weight, T* g) {   \
-    accumulate_gradient<T>(m, k, y, scale, weight, g);                                         \
-  }
-PATCHREG_DEFINE_DISPATCH(float)
-PATCHREG_DEFINE_DISPATCH(double)
-#undef PATCHREG_DEFINE_DISPATCH
-
 template <typename T>
 void component_kernel(const T* X, const Mixture<T>& m, int64_t N, T* out) {
   const int64_t d = m.d, K = m.K, n_blocks = (N + kBlock - 1) / kBlock;
@@ -165,7 +143,7 @@ void component_kernel(const T* X, const Mixture<T>& m, int64_t N, T* out) {
       const int64_t n0 = b * kBlock, nb = std::min(kBlock, N - n0);
       load_block(X, n0, nb, d, xt.data());
       for (int64_t k = 0; k < K; ++k) {
-        project_any(m, k, xt.data(), static_cast<T*>(nullptr), quad);
+        project(m, k, xt.data(), static_cast<T*>(nullptr), quad);
         for (int64_t n = 0; n < nb; ++n) out[(n0 + n) * K + k] = m.log_const[k] - T(0.5) * quad[n];
       }
     }
@@ -185,8 +163,8 @@ void component_backward_kernel(const T* grad_out, const T* X, const Mixture<T>& 
       std::fill(g.begin(), g.end(), T(0));
       for (int64_t k = 0; k < K; ++k) {
         for (int64_t n = 0; n < kBlock; ++n) weight[n] = n < nb ? grad_out[(n0 + n) * K + k] : T(0);
-        project_any(m, k, xt.data(), y.data(), quad);
-        accumulate_gradient_any(m, k, y.data(), static_cast<const T*>(nullptr), weight, g.data());
+        project(m, k, xt.data(), y.data(), quad);
+        accumulate_gradient(m, k, y.data(), static_cast<const T*>(nullptr), weight, g.data());
       }
       for (int64_t n = 0; n < nb; ++n)
         for (int64_t i = 0; i < d; ++i) grad_x[(n0 + n) * d + i] = g[i * kBlock + n];
@@ -209,7 +187,7 @@ void mixture_kernel(const T* X, const Mixture<T>& m, int64_t N, bool with_grad, 
       std::fill(g.begin(), g.end(), T(0));
       for (int64_t n = 0; n < kBlock; ++n) run_max[n] = neg_inf, run_sum[n] = T(0), arg[n] = 0;
       for (int64_t k = 0; k < K; ++k) {
-        project_any(m, k, xt.data(), with_grad ? y.data() : nullptr, quad);
+        project(m, k, xt.data(), with_grad ? y.data() : nullptr, quad);
         for (int64_t n = 0; n < kBlock; ++n) {
           const T l = m.log_const[k] - T(0.5) * quad[n];
           if (l > run_max[n]) {  // new maximum: rescale what was accumulated (first max wins ties)
@@ -224,7 +202,7 @@ void mixture_kernel(const T* X, const Mixture<T>& m, int64_t N, bool with_grad, 
             run_sum[n] += weight[n];
           }
         }
-        if (with_grad) accumulate_gradient_any(m, k, y.data(), scale, weight, g.data());
+        if (with_grad) accumulate_gradient(m, k, y.data(), scale, weight, g.data());
       }
       for (int64_t n = 0; n < nb; ++n) {
         loglik[n0 + n] = run_max[n] + std::log(run_sum[n]);

@@ -7,7 +7,14 @@ reference (patchreg.reference); `set_backend` / `use_backend` choose between the
 from . import metrics, physics, reference
 from ._version import __version__
 from .backend import extension_available, get_backend, set_backend, use_backend
-from .ops import aggregate_patches, aggregate_patches_at, extract_patches, extract_patches_at
+from .ops import (
+    aggregate_patches,
+    aggregate_patches_at,
+    extract_patches,
+    extract_patches_at,
+    gmm_log_prob,
+    gmm_log_prob_image,
+)
 from .reconstruct import reconstruct
 
 __all__ = [
@@ -18,6 +25,8 @@ __all__ = [
     "extract_patches",
     "extract_patches_at",
     "get_backend",
+    "gmm_log_prob",
+    "gmm_log_prob_image",
     "metrics",
     "physics",
     "reconstruct",

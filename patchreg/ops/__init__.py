@@ -1,5 +1,6 @@
 """Public operators; each module holds one family (checks, dispatch, fake and autograd)."""
 
+from .gmm import gmm_log_prob, gmm_log_prob_image
 from .patches import aggregate_patches, aggregate_patches_at, extract_patches, extract_patches_at
 
-__all__ = ["aggregate_patches", "aggregate_patches_at", "extract_patches", "extract_patches_at"]
+__all__ = ["gmm_log_prob", "gmm_log_prob_image", "aggregate_patches", "aggregate_patches_at", "extract_patches", "extract_patches_at"]
