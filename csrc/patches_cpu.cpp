@@ -49,16 +49,18 @@ Geometry image_geometry(const at::Tensor& x, int64_t p, int64_t s) {
   return g;
 }
 
-// Outputs of many MB are allocated on 2 MB-aligned memory advised for transparent huge pages:
-// first-touch page faults otherwise cost more than the copy itself (measured: filling a fresh
-// 65 MB tensor takes ~100 ms here, refilling it ~15 ms).
+// Outputs of 32 MB or more are allocated on 2 MB-aligned memory advised for transparent huge
+// pages: glibc serves such sizes by a fresh mmap every call, and the first-touch page faults
+// otherwise cost more than the copy itself (measured: filling a fresh 65 MB tensor ~100 ms here,
+// refilling it ~15 ms). Smaller outputs usually come from glibc's heap, already faulted in, where
+// huge-page compaction stalls were measured to cost more than they save.
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (int64_t n : sizes) numel *= n;
   const size_t bytes = static_cast<size_t>(numel) * options.dtype().itemsize();
 #ifdef __linux__
   constexpr size_t kHuge = size_t(2) << 20;
-  if (bytes >= 4 * kHuge) {
+  if (bytes >= 16 * kHuge) {
     const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
     void* ptr = nullptr;
     if (posix_memalign(&ptr, kHuge, rounded) == 0) {
