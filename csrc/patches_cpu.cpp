@@ -21,7 +21,7 @@
 #include <tuple>
 #include <vector>
 
-#include "checks.h"
+#include "patch_geometry.h"
 
 namespace patchreg {
 namespace {
@@ -31,22 +31,6 @@ namespace {
 constexpr int64_t kMinWorkPerChunk = 1 << 16;
 inline int64_t grain_for(int64_t work_per_item) {
   return std::max<int64_t>(1, kMinWorkPerChunk / std::max<int64_t>(1, work_per_item));
-}
-
-struct Geometry {
-  int64_t B, C, H, W, p, s, nH, nW;
-  int64_t L() const { return nH * nW; }
-  int64_t D() const { return C * p * p; }
-};
-
-Geometry image_geometry(const at::Tensor& x, int64_t p, int64_t s) {
-  check_dim(x, 4, "x");
-  check_float(x, "x");
-  Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), p, s, 0, 0};
-  check_geometry(g.H, g.W, p, s);
-  g.nH = grid_size(g.H, p, s);
-  g.nW = grid_size(g.W, p, s);
-  return g;
 }
 
 // Outputs of 32 MB or more are allocated on 2 MB-aligned memory advised for transparent huge
@@ -100,7 +84,7 @@ inline T center(T* v, int64_t n) {
 }
 
 template <typename T, bool kUnitW>
-void extract_kernel(const at::Tensor& x, const Geometry& g, bool remove_mean, T* out, T* means) {
+void extract_kernel(const at::Tensor& x, const PatchGeometry& g, bool remove_mean, T* out, T* means) {
   const T* xp = x.data_ptr<T>();
   const int64_t sB = x.stride(0), sC = x.stride(1), sH = x.stride(2), sW = x.stride(3);
   const int64_t D = g.D();
@@ -121,7 +105,7 @@ void extract_kernel(const at::Tensor& x, const Geometry& g, bool remove_mean, T*
 
 std::tuple<at::Tensor, at::Tensor> extract_patches_cpu(const at::Tensor& x, int64_t patch_size,
                                                        int64_t stride, bool remove_mean) {
-  const Geometry g = image_geometry(x, patch_size, stride);
+  const PatchGeometry g = image_geometry(x, patch_size, stride);
   auto out = empty_output({g.B, g.L(), g.D()}, x.options());
   auto means = at::empty({g.B, remove_mean ? g.L() : 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "extract_patches_cpu", [&] {
@@ -150,7 +134,7 @@ std::vector<int64_t> axis_coverage(int64_t size, int64_t p, int64_t s, int64_t n
 constexpr int64_t kBandRows = 64;
 
 template <typename T>
-void aggregate_kernel(const T* patches, const Geometry& g, bool normalize, bool remove_mean,
+void aggregate_kernel(const T* patches, const PatchGeometry& g, bool normalize, bool remove_mean,
                       T* out) {
   const int64_t D = g.D(), pp = g.p * g.p, L = g.L(), HW = g.H * g.W;
   const int64_t bands = (g.H + kBandRows - 1) / kBandRows;
@@ -199,24 +183,10 @@ void aggregate_kernel(const T* patches, const Geometry& g, bool normalize, bool 
   });
 }
 
-Geometry patches_geometry(const at::Tensor& patches, int64_t H, int64_t W, int64_t p, int64_t s) {
-  check_dim(patches, 3, "patches");
-  check_float(patches, "patches");
-  check_geometry(H, W, p, s);
-  TORCH_CHECK_VALUE(patches.size(2) > 0 && patches.size(2) % (p * p) == 0, "patches.shape[2]=",
-                    patches.size(2), " is not C*patch_size^2 for patch_size=", p);
-  Geometry g{patches.size(0), patches.size(2) / (p * p), H, W, p, s, grid_size(H, p, s),
-             grid_size(W, p, s)};
-  TORCH_CHECK_VALUE(patches.size(1) == g.L(), "image_size=(", H, ", ", W, ") with patch_size=",
-                    p, ", stride=", s, " has ", g.L(), " patches, but patches has ",
-                    patches.size(1));
-  return g;
-}
-
 at::Tensor aggregate_patches_cpu(const at::Tensor& patches_in, int64_t height, int64_t width,
                                  int64_t patch_size, int64_t stride, bool normalize,
                                  bool remove_mean) {
-  const Geometry g = patches_geometry(patches_in, height, width, patch_size, stride);
+  const PatchGeometry g = patches_geometry(patches_in, height, width, patch_size, stride);
   const at::Tensor patches = patches_in.contiguous();
   auto out = at::empty({g.B, g.C, g.H, g.W}, patches.options());
   AT_DISPATCH_FLOATING_TYPES(patches.scalar_type(), "aggregate_patches_cpu", [&] {
@@ -228,7 +198,7 @@ at::Tensor aggregate_patches_cpu(const at::Tensor& patches_in, int64_t height, i
 
 at::Tensor extract_patches_at_cpu(const at::Tensor& x, const at::Tensor& positions,
                                   int64_t patch_size) {
-  const Geometry g = image_geometry(x, patch_size, 1);
+  const PatchGeometry g = image_geometry(x, patch_size, 1);
   check_positions(positions, x, g.B, g.H, g.W, patch_size);
   const at::Tensor pos = positions.contiguous();
   const int64_t N = pos.size(1), D = g.D();
@@ -253,16 +223,8 @@ at::Tensor extract_patches_at_cpu(const at::Tensor& x, const at::Tensor& positio
 // that adds the rows of every patch falling in it, in patch order.
 at::Tensor aggregate_patches_at_cpu(const at::Tensor& patches_in, const at::Tensor& positions,
                                     int64_t height, int64_t width, int64_t patch_size) {
-  check_dim(patches_in, 3, "patches");
-  check_float(patches_in, "patches");
-  check_geometry(height, width, patch_size, 1);
-  const int64_t p = patch_size, pp = p * p;
-  TORCH_CHECK_VALUE(patches_in.size(2) > 0 && patches_in.size(2) % pp == 0, "patches.shape[2]=",
-                    patches_in.size(2), " is not C*patch_size^2 for patch_size=", p);
-  const int64_t B = patches_in.size(0), N = patches_in.size(1), C = patches_in.size(2) / pp;
-  check_positions(positions, patches_in, B, height, width, p);
-  TORCH_CHECK_VALUE(positions.size(1) == N, "positions has ", positions.size(1),
-                    " patches but patches has ", N);
+  const PatchGeometry g = patches_at_geometry(patches_in, positions, height, width, patch_size);
+  const int64_t B = g.B, C = g.C, p = patch_size, pp = p * p, N = patches_in.size(1);
   const at::Tensor patches = patches_in.contiguous(), pos = positions.contiguous();
   auto out = at::zeros({B, C, height, width}, patches.options());
   constexpr int64_t kBand = 16;

@@ -13,7 +13,7 @@
 
 #include <tuple>
 
-#include "checks.h"
+#include "patch_geometry.h"
 
 namespace patchreg {
 namespace {
@@ -25,9 +25,7 @@ inline int blocks_for(int64_t n) {
   return static_cast<int>(b < 65535 * 32 ? b : 65535 * 32);
 }
 
-struct Geo {
-  int64_t B, C, H, W, p, s, nH, nW;
-};
+using Geo = PatchGeometry;
 
 template <typename T>
 __global__ void patch_means_from_image(const T* __restrict__ x, int64_t sB, int64_t sC,
@@ -138,17 +136,9 @@ __global__ void aggregate_at_kernel(const T* __restrict__ patches, const int64_t
   }
 }
 
-Geo image_geo(const at::Tensor& x, int64_t p, int64_t s) {
-  check_dim(x, 4, "x");
-  check_float(x, "x");
-  check_geometry(x.size(2), x.size(3), p, s);
-  return Geo{x.size(0), x.size(1), x.size(2), x.size(3), p, s, grid_size(x.size(2), p, s),
-             grid_size(x.size(3), p, s)};
-}
-
 std::tuple<at::Tensor, at::Tensor> extract_patches_cuda(const at::Tensor& x, int64_t patch_size,
                                                         int64_t stride, bool remove_mean) {
-  const Geo g = image_geo(x, patch_size, stride);
+  const Geo g = image_geometry(x, patch_size, stride);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t L = g.nH * g.nW, D = g.C * g.p * g.p;
   auto out = at::empty({g.B, L, D}, x.options());
@@ -173,16 +163,7 @@ std::tuple<at::Tensor, at::Tensor> extract_patches_cuda(const at::Tensor& x, int
 at::Tensor aggregate_patches_cuda(const at::Tensor& patches_in, int64_t height, int64_t width,
                                   int64_t patch_size, int64_t stride, bool normalize,
                                   bool remove_mean) {
-  check_dim(patches_in, 3, "patches");
-  check_float(patches_in, "patches");
-  check_geometry(height, width, patch_size, stride);
-  const int64_t p = patch_size, pp = p * p;
-  TORCH_CHECK_VALUE(patches_in.size(2) > 0 && patches_in.size(2) % pp == 0, "patches.shape[2]=",
-                    patches_in.size(2), " is not C*patch_size^2 for patch_size=", p);
-  const Geo g{patches_in.size(0), patches_in.size(2) / pp, height, width, p, stride,
-              grid_size(height, p, stride), grid_size(width, p, stride)};
-  TORCH_CHECK_VALUE(patches_in.size(1) == g.nH * g.nW, "image_size=(", height, ", ", width,
-                    ") has ", g.nH * g.nW, " patches, but patches has ", patches_in.size(1));
+  const Geo g = patches_geometry(patches_in, height, width, patch_size, stride);
   const c10::cuda::CUDAGuard guard(patches_in.device());
   const at::Tensor patches = patches_in.contiguous();
   auto out = at::empty({g.B, g.C, height, width}, patches.options());
@@ -208,7 +189,7 @@ at::Tensor aggregate_patches_cuda(const at::Tensor& patches_in, int64_t height, 
 
 at::Tensor extract_patches_at_cuda(const at::Tensor& x, const at::Tensor& positions,
                                    int64_t patch_size) {
-  const Geo g = image_geo(x, patch_size, 1);
+  const Geo g = image_geometry(x, patch_size, 1);
   check_positions(positions, x, g.B, g.H, g.W, patch_size);
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor pos = positions.contiguous();
@@ -228,16 +209,8 @@ at::Tensor extract_patches_at_cuda(const at::Tensor& x, const at::Tensor& positi
 // atomicAdd: results where patches overlap can differ in the last bits from run to run.
 at::Tensor aggregate_patches_at_cuda(const at::Tensor& patches_in, const at::Tensor& positions,
                                      int64_t height, int64_t width, int64_t patch_size) {
-  check_dim(patches_in, 3, "patches");
-  check_float(patches_in, "patches");
-  check_geometry(height, width, patch_size, 1);
-  const int64_t p = patch_size, pp = p * p;
-  TORCH_CHECK_VALUE(patches_in.size(2) > 0 && patches_in.size(2) % pp == 0, "patches.shape[2]=",
-                    patches_in.size(2), " is not C*patch_size^2 for patch_size=", p);
-  const int64_t B = patches_in.size(0), N = patches_in.size(1), C = patches_in.size(2) / pp;
-  check_positions(positions, patches_in, B, height, width, p);
-  TORCH_CHECK_VALUE(positions.size(1) == N, "positions has ", positions.size(1),
-                    " patches but patches has ", N);
+  const Geo g = patches_at_geometry(patches_in, positions, height, width, patch_size);
+  const int64_t B = g.B, C = g.C, p = patch_size, N = patches_in.size(1);
   const c10::cuda::CUDAGuard guard(patches_in.device());
   const at::Tensor patches = patches_in.contiguous(), pos = positions.contiguous();
   auto out = at::zeros({B, C, height, width}, patches.options());

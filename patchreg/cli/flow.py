@@ -29,16 +29,10 @@ def register_train(train_subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _load_images(spec: str):
-    from ..data import load_bundled, load_folder
-
-    return load_bundled("train") if spec == "bundled" else load_folder(spec)
-
-
 def run(args) -> int:
     import torch
 
-    from ..data import PatchSampler
+    from ..data import PatchSampler, load_images
     from ..priors.flow import PatchFlow
 
     if args.threads is not None:
@@ -47,7 +41,7 @@ def run(args) -> int:
         patch_size=args.patch_size, n_blocks=args.n_blocks, hidden=args.hidden, clamp=args.clamp,
         mixing=args.mixing, seed=args.seed,
     )
-    sampler = PatchSampler(_load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
+    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
     start = time.perf_counter()
     history = flow.fit(
         sampler, args.steps, lr=args.lr, batch_size=args.batch_size, checkpoint=args.out,

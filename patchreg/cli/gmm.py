@@ -32,21 +32,15 @@ def register_train(train_subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _load_images(spec: str):
-    from ..data import load_bundled, load_folder
-
-    return load_bundled("train") if spec == "bundled" else load_folder(spec)
-
-
 def run(args) -> int:
     import torch
 
-    from ..data import PatchSampler
+    from ..data import PatchSampler, load_images
     from ..priors.gmm import GMM
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    sampler = PatchSampler(_load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
+    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
     model = GMM(args.components, args.patch_size, remove_mean=not args.keep_mean)
     start = time.perf_counter()
     model.fit(

@@ -156,6 +156,11 @@ def load_bundled(split: str, with_names: bool = False):
     return (images, [name for name, _ in pieces]) if with_names else images
 
 
+def load_images(spec, split: str = "train") -> list:
+    """The images a command line names: "bundled" (that split of the bundled photos) or a folder."""
+    return load_bundled(split) if str(spec) == "bundled" else load_folder(spec)
+
+
 def load_image(path) -> np.ndarray:
     """Read a png, jpg or tif file as float64 gray (H, W) in [0, 1] (16-bit scaled by 65535)."""
     path = Path(path)
