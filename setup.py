@@ -63,7 +63,7 @@ def make_extension():
     ext = CUDAExtension(
         "patchreg._C",
         sources,
-        include_dirs=toolchain.nvidia_include_dirs(),
+        include_dirs=toolchain.cuda_header_shim(os.environ.get("CUDA_HOME"), ROOT / "build" / "cuda_header_shim"),
         extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-lineinfo", "-DPATCHREG_WITH_CUDA"]},
         extra_link_args=["-fopenmp"],
     )

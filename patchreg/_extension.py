@@ -119,7 +119,7 @@ def _load_jit() -> bool:
             extra_cflags=cflags,
             extra_ldflags=["-fopenmp"],
             extra_cuda_cflags=["-O3", "-DPATCHREG_WITH_CUDA"] if with_cuda else None,
-            extra_include_paths=_toolchain.nvidia_include_dirs() if with_cuda else None,
+            extra_include_paths=_jit_cuda_includes() if with_cuda else None,
             with_cuda=with_cuda,
             is_python_module=False,
             verbose=False,
@@ -130,6 +130,12 @@ def _load_jit() -> bool:
         return False
     _state["how"] = "jit"
     return True
+
+
+def _jit_cuda_includes() -> list[str]:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    shim = cache / "patchreg" / f"cuda_header_shim_{torch.version.cuda}"
+    return _toolchain.cuda_header_shim(os.environ.get("CUDA_HOME"), shim)
 
 
 def load() -> bool:

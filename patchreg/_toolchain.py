@@ -44,6 +44,28 @@ def nvidia_include_dirs() -> list[str]:
     return list(dict.fromkeys(dirs))
 
 
+def cuda_header_shim(cuda_home: str | None, shim_dir) -> list[str]:
+    """One include folder with links to the wheel headers the toolkit lacks (cusparse.h, ...).
+
+    The wheels hold a whole CUDA include tree of torch's CUDA version; put first on the path it
+    would shadow the toolkit's own headers, and nvcc refuses headers of another minor version
+    ("CUDA compiler and CUDA toolkit headers are incompatible"). Linking only the missing ones
+    keeps the toolkit's headers in charge.
+    """
+    dirs = nvidia_include_dirs()
+    if cuda_home is None or not dirs:
+        return dirs
+    toolkit = Path(cuda_home) / "include"
+    shim = Path(shim_dir)
+    shim.mkdir(parents=True, exist_ok=True)
+    for folder in dirs:
+        for entry in Path(folder).iterdir():
+            link = shim / entry.name
+            if not (toolkit / entry.name).exists() and not link.exists() and not link.is_symlink():
+                link.symlink_to(entry.resolve())
+    return [str(shim)]
+
+
 def want_cuda(torch_cuda_version: str | None) -> tuple[bool, str]:
     """(build CUDA?, why) from PATCHREG_NO_CUDA / PATCHREG_FORCE_CUDA, torch and the toolkit."""
     if os.environ.get("PATCHREG_NO_CUDA") == "1":
