@@ -38,7 +38,7 @@ demo: build
 
 bench: build
 	$(PY) bench/patch_speed_table.py
-	$(PY) -m pytest -q bench --benchmark-only --benchmark-columns=min,median,mean
+	$(PY) -m pytest -q bench/bench_patches.py bench/bench_gmm.py --benchmark-only --benchmark-columns=min,median,mean
 
 cmake: venv
 	cmake -S . -B build-cmake -DPython3_EXECUTABLE=$(abspath $(PY)) -DCMAKE_BUILD_TYPE=Release
