@@ -123,9 +123,13 @@ def test_aggregate_at_is_deterministic_on_cpu():
     pos = torch.randint(0, 60, (1, 5000, 2), generator=g)
     v = torch.randn(1, 5000, 36, generator=g)
     first = patchreg.aggregate_patches_at(v, pos, (65, 65), 6)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        assert torch.equal(patchreg.aggregate_patches_at(v, pos, (65, 65), 6), first)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            assert torch.equal(patchreg.aggregate_patches_at(v, pos, (65, 65), 6), first)
+    finally:
+        torch.set_num_threads(before)
 
 
 @needs_ext
