@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 __all__ = ["psnr", "ssim", "Measure", "measure"]
 
@@ -41,6 +40,8 @@ def _pairs(estimate, reference):
 
 def psnr(estimate, reference, data_range: float = 1.0) -> np.ndarray:
     """Peak signal-to-noise ratio in dB of each image, shape (B,)."""
+    from skimage.metrics import peak_signal_noise_ratio  # imported here: pulls in scipy.stats (~1 s)
+
     estimate, reference = _pairs(estimate, reference)
     return np.array([
         peak_signal_noise_ratio(ref, est, data_range=data_range) for est, ref in zip(estimate, reference)
@@ -49,6 +50,8 @@ def psnr(estimate, reference, data_range: float = 1.0) -> np.ndarray:
 
 def ssim(estimate, reference, data_range: float = 1.0) -> np.ndarray:
     """Structural similarity of each image (channels as channel axis), shape (B,)."""
+    from skimage.metrics import structural_similarity
+
     estimate, reference = _pairs(estimate, reference)
     return np.array([
         structural_similarity(ref, est, data_range=data_range, channel_axis=0)

@@ -194,12 +194,15 @@ def load_folder(folder, with_names: bool = False):
     return (images, [p.name for p in files]) if with_names else images
 
 
-def to_tensor(image, dtype: torch.dtype = torch.float64, device="cpu") -> torch.Tensor:
-    """A gray (H, W) numpy array or tensor -> (1, 1, H, W) tensor, the layout the patch ops take."""
+def to_tensor(image, dtype: torch.dtype = torch.float64, device="cpu", name: str = "image") -> torch.Tensor:
+    """A gray (H, W) numpy array or tensor -> (1, 1, H, W) tensor, the layout the patch ops take.
+
+    `name` is how errors refer to the argument.
+    """
     if isinstance(image, np.ndarray):
         image = torch.from_numpy(np.ascontiguousarray(image))
     if not isinstance(image, torch.Tensor):
-        raise TypeError(f"image must be a numpy array or torch.Tensor, got {type(image).__name__}")
+        raise TypeError(f"{name} must be a numpy array or torch.Tensor, got {type(image).__name__}")
     if image.dim() != 2:
-        raise ValueError(f"image must be a 2-D (H, W) gray image, got shape {tuple(image.shape)}")
+        raise ValueError(f"{name} must be a 2-D (H, W) gray image, got shape {tuple(image.shape)}")
     return image.to(device=device, dtype=dtype)[None, None].contiguous()

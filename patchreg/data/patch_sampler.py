@@ -18,20 +18,11 @@ import torch
 
 from ..ops import extract_patches_at
 from .._checks import check_int
+from .images import to_tensor
 
 __all__ = ["PatchSampler"]
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), half-open pixel rectangle
-
-
-def _as_image(index: int, image, dtype: torch.dtype, device) -> torch.Tensor:
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
-    if not isinstance(image, torch.Tensor):
-        raise TypeError(f"images[{index}] must be a numpy array or torch.Tensor, got {type(image).__name__}")
-    if image.dim() != 2:
-        raise ValueError(f"images[{index}] must be a 2-D (H, W) gray image, got shape {tuple(image.shape)}")
-    return image.to(device=device, dtype=dtype)[None, None].contiguous()
 
 
 def _check_box(name: str, box, height: int, width: int) -> Box:
@@ -87,7 +78,9 @@ class PatchSampler:
         if dtype not in (torch.float32, torch.float64):
             raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
         self.remove_mean = bool(remove_mean)
-        self.images = [_as_image(i, image, dtype, device) for i, image in enumerate(images)]
+        self.images = [
+            to_tensor(image, dtype, device, name=f"images[{i}]") for i, image in enumerate(images)
+        ]
         grid_widths, valid, counts = self._index_positions(exclude)
         self.num_positions = int(sum(counts))
         if self.num_positions == 0:
