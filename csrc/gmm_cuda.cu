@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/max.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -227,6 +228,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gmm_mixture_log_prob_cuda(
   return {loglik, best, grad};
 }
 
+// Best component per patch: the component kernel and a row max (ties to the lowest k, as the CPU
+// kernel). The (N, K) matrix is built here; on the GPU it is small next to the work.
+std::tuple<at::Tensor, at::Tensor> gmm_best_component_cuda(const at::Tensor& patches,
+                                                           const at::Tensor& prec_chol,
+                                                           const at::Tensor& log_const,
+                                                           const at::Tensor& means) {
+  auto comp = gmm_component_log_prob_cuda(patches, prec_chol, log_const, means);
+  auto result = at::max(comp, 1);
+  return {std::get<0>(result), std::get<1>(result)};
+}
+
 }  // namespace
 }  // namespace patchreg
 
@@ -234,4 +246,5 @@ TORCH_LIBRARY_IMPL(patchreg, CUDA, m) {
   m.impl("gmm_component_log_prob", &patchreg::gmm_component_log_prob_cuda);
   m.impl("gmm_component_log_prob_backward", &patchreg::gmm_component_log_prob_backward_cuda);
   m.impl("gmm_mixture_log_prob", &patchreg::gmm_mixture_log_prob_cuda);
+  m.impl("gmm_best_component", &patchreg::gmm_best_component_cuda);
 }

@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "gmm_cpu_avx2.h"
 #include "checks.h"
 
 // PATCHREG_CUDA_ARCHS is passed bare (-DPATCHREG_CUDA_ARCHS=8.0,9.0) to avoid shell quoting.
@@ -55,6 +56,8 @@ std::string build_info() {
 #else
   os << "\"openmp\": false, ";
 #endif
+  // Whether the GMM kernels run their AVX2/FMA loops (decided at run time, gmm_cpu_avx2.cpp).
+  os << "\"avx2\": " << (avx2::enabled() ? "true" : "false") << ", ";
   os << "\"num_threads\": " << at::get_num_threads() << "}";
   return os.str();
 }

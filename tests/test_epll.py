@@ -145,6 +145,18 @@ def test_epll_bad_inputs(small_gmm, clean):
         epll_restore(y, None, small_gmm, 0.1, x0=y[..., :40])
     with pytest.raises(ValueError, match="must be 4-D"):
         epll_restore(y[0], None, small_gmm, 0.1)
+    with pytest.raises(ValueError, match="prior_weight must be"):
+        epll_restore(y, None, small_gmm, 0.1, prior_weight="count")
+
+
+def test_prior_weights_differ_only_near_the_border(small_gmm, clean):
+    """'uniform' and 'coverage' weight interior pixels alike (both d); only the border differs."""
+    y = noisy(clean[:1], 0.1)
+    a = epll_restore(y, None, small_gmm, 0.1, betas=[100.0])
+    b = epll_restore(y, None, small_gmm, 0.1, betas=[100.0], prior_weight="coverage")
+    p = small_gmm.patch_size
+    torch.testing.assert_close(a[..., p - 1 : -(p - 1), p - 1 : -(p - 1)], b[..., p - 1 : -(p - 1), p - 1 : -(p - 1)])
+    assert not torch.allclose(a, b)
 
 
 def test_cli_train_gmm_and_reconstruct(tmp_path, capsys):

@@ -107,9 +107,16 @@ def test_public_op_gradcheck_wrt_patches():
 # --- compiled kernels vs reference -----------------------------------------------------------
 
 
+@pytest.fixture(params=["avx2", "portable"])
+def cpu_path(request, monkeypatch):
+    """Runs a test with the AVX2 loops (where the CPU has them) and with the portable loops."""
+    monkeypatch.setenv("PATCHREG_DISABLE_AVX2", "1" if request.param == "portable" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("triangular", [True, False])
-@pytest.mark.parametrize("K,d,N", [(1, 1, 1), (3, 5, 63), (4, 9, 64), (13, 36, 257)])
-def test_kernels_match_reference_float64(kernels, K, d, N, triangular):
+@pytest.mark.parametrize("K,d,N", [(1, 1, 1), (3, 5, 63), (4, 9, 96), (5, 7, 97), (13, 36, 257), (2, 37, 200)])
+def test_kernels_match_reference_float64(kernels, cpu_path, K, d, N, triangular):
     u, c, mu, _, _ = random_mixture(K, d, seed=N, triangular=triangular)
     x = random_patches(N, d, seed=K)
     torch.testing.assert_close(
@@ -122,6 +129,10 @@ def test_kernels_match_reference_float64(kernels, K, d, N, triangular):
     assert torch.equal(best, r_best)
     _, best2, empty = kernels.gmm_mixture_log_prob(x, u, c, mu, False)
     assert torch.equal(best2, r_best) and empty.shape == (N, 0)
+    top, best3 = kernels.gmm_best_component(x, u, c, mu)
+    r_top, r_best3 = ref.gmm_best_component(x, u, c, mu)
+    torch.testing.assert_close(top, r_top, rtol=1e-12, atol=1e-10)
+    assert torch.equal(best3, r_best3) and torch.equal(best3, r_best)
     g = random_patches(N, K, seed=7)
     torch.testing.assert_close(
         kernels.gmm_component_log_prob_backward(g, x, u, mu),
@@ -131,13 +142,32 @@ def test_kernels_match_reference_float64(kernels, K, d, N, triangular):
     )
 
 
-def test_kernels_float32_close_to_float64(kernels):
+def test_kernels_float32_close_to_float64(kernels, cpu_path):
     u, c, mu, _, _ = random_mixture(20, 36, seed=2)
     x = random_patches(300, 36)
-    loglik, best, grad = kernels.gmm_mixture_log_prob(*(t.float() for t in (x, u, c, mu)), True)
+    x32, u32, c32, mu32 = (t.float() for t in (x, u, c, mu))
+    loglik, best, grad = kernels.gmm_mixture_log_prob(x32, u32, c32, mu32, True)
     r_loglik, _, r_grad = ref.gmm_mixture_log_prob(x, u, c, mu)
     torch.testing.assert_close(loglik.double(), r_loglik, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(grad.double(), r_grad, rtol=1e-4, atol=1e-3)
+    comp = ref.gmm_component_log_prob(x, u, c, mu)
+    torch.testing.assert_close(kernels.gmm_component_log_prob(x32, u32, c32, mu32).double(), comp, rtol=1e-5, atol=1e-3)
+    top, _ = kernels.gmm_best_component(x32, u32, c32, mu32)
+    torch.testing.assert_close(top.double(), comp.max(dim=1).values, rtol=1e-5, atol=1e-3)
+    g = random_patches(300, 20, seed=3)
+    torch.testing.assert_close(
+        kernels.gmm_component_log_prob_backward(g.float(), x32, u32, mu32).double(),
+        ref.gmm_component_log_prob_backward(g, x, u, mu),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+def test_avx2_path_is_reported(kernels):
+    import json
+
+    info = json.loads(torch.ops.patchreg.build_info())
+    assert isinstance(info["avx2"], bool)
 
 
 def test_kernels_handle_extreme_separation(kernels):
@@ -155,7 +185,7 @@ def test_kernels_handle_extreme_separation(kernels):
 
 def test_kernels_gradcheck_and_opcheck(kernels):
     u, c, mu, _, _ = random_mixture(3, 5)
-    x = random_patches(67, 5).requires_grad_()  # two patch blocks, the second partial
+    x = random_patches(100, 5).requires_grad_()  # two patch blocks of 96, the second partial
     torch.autograd.gradcheck(lambda v: kernels.gmm_component_log_prob(v, u, c, mu), (x,))
     torch.autograd.gradcheck(lambda v: kernels.gmm_mixture_log_prob(v, u, c, mu, True)[0], (x,))
     # The AOT-dispatch checks trace graphs through the fake kernels (slow): once, on few patches.
@@ -164,8 +194,9 @@ def test_kernels_gradcheck_and_opcheck(kernels):
     torch.library.opcheck(kernels.gmm_mixture_log_prob, (x, u, c, mu, True), test_utils=quick)
     torch.library.opcheck(kernels.gmm_component_log_prob, (x, u, c, mu), test_utils=quick)
     torch.library.opcheck(kernels.gmm_mixture_log_prob, (x.detach(), u, c, mu, False), test_utils=quick)
-    g = random_patches(67, 3)
+    g = random_patches(100, 3)
     torch.library.opcheck(kernels.gmm_component_log_prob_backward, (g, x.detach(), u, mu), test_utils=quick)
+    torch.library.opcheck(kernels.gmm_best_component, (x.detach(), u, c, mu))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -182,6 +213,9 @@ def test_cuda_kernels_match_reference(kernels, K, d, N):
     torch.testing.assert_close(loglik, r_loglik, rtol=1e-12, atol=1e-10)
     torch.testing.assert_close(grad, r_grad, rtol=1e-10, atol=1e-10)
     assert torch.equal(best, r_best)
+    top, best2 = (t.cpu() for t in kernels.gmm_best_component(*cuda))
+    torch.testing.assert_close(top, ref.gmm_best_component(x, u, c, mu)[0], rtol=1e-12, atol=1e-10)
+    assert torch.equal(best2, r_best)
     g = random_patches(N, K, seed=7)
     torch.testing.assert_close(
         kernels.gmm_component_log_prob_backward(g.cuda(), *cuda[:2], cuda[3]).cpu(),

@@ -19,9 +19,14 @@ from .._checks import check_int, check_same_device, check_tensor
 from ..backend import use_extension
 from ..reference import gmm as ref
 
-__all__ = ["gmm_log_prob", "gmm_log_prob_image"]
+__all__ = ["gmm_log_prob", "gmm_best_component", "gmm_log_prob_image"]
 
-_OPS = ("gmm_component_log_prob", "gmm_component_log_prob_backward", "gmm_mixture_log_prob")
+_OPS = (
+    "gmm_component_log_prob",
+    "gmm_component_log_prob_backward",
+    "gmm_mixture_log_prob",
+    "gmm_best_component",
+)
 
 
 def _kernels_loaded() -> bool:
@@ -79,6 +84,21 @@ def gmm_log_prob(
     if _kernels_loaded() and not _params_need_grad(prec_chol, log_const, means):
         return torch.ops.patchreg.gmm_mixture_log_prob(patches, prec_chol, log_const, means, compute_grad)
     return ref.gmm_mixture_log_prob(patches, prec_chol, log_const, means, compute_grad)
+
+
+def gmm_best_component(
+    patches: torch.Tensor, prec_chol: torch.Tensor, log_const: torch.Tensor, means: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max_k l_nk (N,), argmax_k l_nk (N,) int64): the most likely component of every patch.
+
+    EPLL's z-step needs only this; the CPU kernel skips writing the (N, K) matrix. Ties go to
+    the lowest k. Not differentiable (computed without autograd).
+    """
+    _check_mixture(patches, prec_chol, log_const, means)
+    with torch.no_grad():
+        if _kernels_loaded():
+            return torch.ops.patchreg.gmm_best_component(patches, prec_chol, log_const, means)
+        return ref.gmm_best_component(patches, prec_chol, log_const, means)
 
 
 def gmm_log_prob_image(
@@ -153,6 +173,11 @@ def _register() -> None:
             patches.new_empty(N, dtype=torch.int64),
             patches.new_empty(N, patches.shape[1] if compute_grad else 0),
         )
+
+    @torch.library.register_fake(lib + "gmm_best_component")
+    def _(patches, prec_chol, log_const, means):
+        N = patches.shape[0]
+        return patches.new_empty(N), patches.new_empty(N, dtype=torch.int64)
 
     # Only the patches get gradients from the kernels; gmm_log_prob routes requests for
     # parameter gradients to the reference path.

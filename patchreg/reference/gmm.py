@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 # Components evaluated together; bounds the (chunk, N, d) intermediate of the reference path.
 _COMPONENT_CHUNK = 8
+_PATCH_CHUNK = 65536  # bounds the (chunk, K) matrix of gmm_best_component
 
 
 def log_normalizer(weights: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,20 @@ def gmm_component_log_prob(
     if not cols:
         return patches.new_empty(patches.shape[0], 0)
     return torch.cat(cols, dim=1)
+
+
+def gmm_best_component(
+    patches: torch.Tensor, prec_chol: torch.Tensor, log_const: torch.Tensor, means: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max_k l_nk, argmax_k l_nk) per patch, from the component log-likelihoods in chunks of patches."""
+    values, indices = [], []
+    for part in patches.split(_PATCH_CHUNK):
+        best = gmm_component_log_prob(part, prec_chol, log_const, means).max(dim=1)
+        values.append(best.values)
+        indices.append(best.indices)
+    if not values:
+        return patches.new_empty(0), torch.empty(0, dtype=torch.int64, device=patches.device)
+    return torch.cat(values), torch.cat(indices)
 
 
 def gmm_mixture_log_prob(

@@ -1,0 +1,39 @@
+// AVX2/FMA inner loops of the CPU GMM kernels (gmm_cpu.cpp), chosen at run time.
+// Implemented in gmm_cpu_avx2.cpp, the only file compiled for AVX2: it includes no ATen or
+// standard-library templates, so no inline function is ever emitted in two instruction sets.
+//
+// Layouts (G = ceil(d / 4) groups of 4 columns or rows, padding entries are zero):
+//   xt    (d, 96)       one block of kBlockPatches = 96 patches, transposed;
+//   cols  (G, d, 4)     cols[(g*d + i)*4 + c] = U[i][4g + c]  (projection y = U^T (x - mu));
+//   rows  (G, d, 4)     rows[(g*d + j)*4 + r] = U[4g + r][j]  (gradient g -= U y);
+//   lo/hi (G)           the range of i (resp. j) holding the group's nonzeros;
+//   off   (4G)          U^T mu, zero-padded;
+//   y, g  (4G, 96)      padded rows, so the kernels never branch on d % 4.
+#pragma once
+
+#include <cstdint>
+
+namespace patchreg {
+namespace avx2 {
+
+// Patches per block of the CPU kernels (a multiple of the AVX2 tiles: 3 vectors of 8 floats or 4 doubles).
+constexpr int64_t kBlockPatches = 96;
+
+// True when this build has the AVX2 kernels, the CPU runs AVX2 and FMA, and the environment
+// variable PATCHREG_DISABLE_AVX2 is unset or "0" (tests use it to run the portable loops).
+bool enabled();
+
+// quad[n] = ||U^T (x_n - mu)||^2 for the 64 patches of the block; y (nullable) receives U^T (x - mu).
+void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
+                   int64_t d, const float* xt, float* y, float* quad);
+void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
+                   int64_t d, const double* xt, double* y, double* quad);
+
+// g[i][n] = g[i][n] * scale[n] + weight[n] * (-(U y)[i][n]); scale == nullptr: no rescaling.
+void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
+                    const float* y, const float* scale, const float* weight, float* g);
+void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
+                    const double* y, const double* scale, const double* weight, double* g);
+
+}  // namespace avx2
+}  // namespace patchreg
