@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a CUDA machine: build patchreg from source, run the CUDA tests and benchmarks, and print
 # the achieved bandwidth of the patch kernels as a fraction of a device-to-device copy measured
-# in the same run (goal >= 70%). Uses the python on PATH (or $PYTHON) and its torch.
+# in the same run (goal >= 70%), and the GMM kernels' FLOP rate as a fraction of the FP32 peak.
+# Uses the python on PATH (or $PYTHON) and its torch.
 #
 #   bash bench/gpu_check.sh [results.md]
 set -euo pipefail
@@ -13,3 +14,5 @@ $PY -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 $PY -m patchreg.info
 $PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
 $PY bench/gpu_bandwidth.py "$@"
+$PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider
+$PY bench/gpu_gmm_flops.py
