@@ -200,9 +200,10 @@ def write_report(args, argv, rows, tuning, seconds) -> None:
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, no GPU. Test images: the centre {args.crop}x{args.crop} crop of "
         "each bundled test photo; ct: the Shepp-Logan phantom of that size. Settings were chosen on "
-        "validation photos only (tuning below). PatchNR: "
-        f"N_p = {args.n_patches} patches per iteration, {args.steps} Adam iterations (the paper: 40k-130k, 300), "
-        "flow trained far below the paper's budget (bench/results/patchnr.md), so PatchNR is handicapped here.",
+        "validation photos only (tuning below)."
+        + (f" PatchNR: N_p = {args.n_patches} patches per iteration, {args.steps} Adam iterations (the paper: "
+           "40k-130k, 300), flow trained far below the paper's budget (bench/results/patchnr.md), so PatchNR "
+           "is handicapped here." if "patchnr" in args.priors else ""),
         "",
         "| task | prior | image | setting | start PSNR / SSIM | PSNR / SSIM | time (s) | peak MB |",
         "|---|---|---|---|---|---|---|---|",
