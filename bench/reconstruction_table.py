@@ -186,17 +186,20 @@ def main(argv=None) -> int:
             lr = PATCHNR_LR.get(task, 0.01)
             rows += evaluate(task, "PatchNR", f"lam={f:g}xL/36",
                              lambda c, seed: run_patchnr(c, op, flow, f, args.steps, args.n_patches, lr, seed), args)
-    write_report(args, argv, rows, tuning, time.perf_counter() - start)
+        done = args.tasks[: args.tasks.index(task) + 1]
+        partial = "" if len(done) == len(args.tasks) else f"PARTIAL: tasks done so far {done}"
+        write_report(args, argv, rows, tuning, time.perf_counter() - start, partial)  # after every task
     return 0
 
 
-def write_report(args, argv, rows, tuning, seconds) -> None:
+def write_report(args, argv, rows, tuning, seconds, partial: str = "") -> None:
     command = ".venv/bin/python bench/reconstruction_table.py " + shlex.join(argv)
     lines = [
         "# Reconstruction with EPLL and PatchNR priors (issue 3 experiment table)",
         "",
         f"Command: `{command}` ({seconds / 60:.0f} min)",
         "",
+        *([f"**{partial}**", ""] if partial else []),
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, no GPU. Test images: the centre {args.crop}x{args.crop} crop of "
         "each bundled test photo; ct: the Shepp-Logan phantom of that size. Settings were chosen on "
@@ -214,7 +217,7 @@ def write_report(args, argv, rows, tuning, seconds) -> None:
             f"{r['start_ssim']:.3f} | **{r['psnr']:.2f}** / {r['ssim']:.3f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} |"
         )
     lines += ["", "## Means per task", "", "| task | prior | mean PSNR | mean SSIM | mean time (s) |", "|---|---|---|---|---|"]
-    for task in args.tasks:
+    for task in dict.fromkeys(r["task"] for r in rows):
         for prior in ("EPLL", "PatchNR"):
             sel = [r for r in rows if r["task"] == task and r["prior"] == prior]
             if sel:
@@ -228,7 +231,7 @@ def write_report(args, argv, rows, tuning, seconds) -> None:
     text = "\n".join(lines) + "\n"
     io.atomic_write_text(args.out, text)
     io.atomic_write_text(Path(args.out).with_suffix(".json"), json.dumps({"rows": rows, "tuning": tuning}, indent=1))
-    print(text)
+    print(text, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ Modules: latent_prior (compact radial prior), coupling (invertible net of the VA
 architectures (residual MLP, conv ResNet), chart (frame, exact chart density), vae_chart / fif_chart
 (the two families and their losses), mixture (ChartMixture, build_mixture), seeding (k-means),
 training (phases, responsibilities, NaN guard), checkpoint (kind "charts"), stacked (all-K reference
-`charts_log_prob` for a fused kernel), metrics, datasets (data specs of the CLI).
+`charts_log_prob`; its fused kernel is `charts_log_prob_fused`, patchreg.ops.charts), metrics,
+datasets (data specs of the CLI).
 Custom encoder/decoder pairs: ChartMixture([FreeFormChart(enc, dec, n, d), ...]); such a model is
 saved with save_mixture, but load_mixture can only rebuild built-in architectures (build the model
 yourself and pass it to train_mixture(..., resume=True) to load its weights).
@@ -28,13 +29,14 @@ from .latent_prior import CompactLatentPrior
 from .metrics import coverage, distance_to_manifold_stats, heldout_nll, sliced_wasserstein2
 from .mixture import FAMILIES, ChartMixture, build_mixture
 from .stacked import charts_log_prob, stack_mlp_charts
+from ..ops.charts import charts_log_prob_fused
 from .training import TrainConfig, TrainingDiverged, train_mixture
 from .vae_chart import InjectiveFlowChart
 
 __all__ = [
     "FAMILIES", "Chart", "ChartMixture", "CompactLatentPrior", "ConvResNetDecoder", "ConvResNetEncoder",
     "FreeFormChart", "InjectiveFlowChart", "ResidualMLP", "TrainConfig", "TrainingDiverged",
-    "build_encoder_decoder", "build_mixture", "charts_log_prob", "coverage", "decoder_jacobian",
+    "build_encoder_decoder", "build_mixture", "charts_log_prob", "charts_log_prob_fused", "coverage", "decoder_jacobian",
     "distance_to_manifold_stats", "gram_logdet", "heldout_nll", "load_mixture", "save_mixture",
     "sliced_wasserstein2", "stack_mlp_charts", "train_mixture",
 ]

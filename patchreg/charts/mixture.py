@@ -57,7 +57,36 @@ class ChartMixture(nn.Module):
         """(B, K): log p_k(x) for every chart."""
         self._check_x(x)
         sigma = self.sigma if sigma is None else sigma
+        fused = self._fused_chart_log_probs(x, sigma, overlap_scale)
+        if fused is not None:
+            return fused
         return torch.stack([c.log_prob(x, self.prior, sigma, overlap_scale) for c in self.charts], dim=-1)
+
+    def _fused_chart_log_probs(self, x: torch.Tensor, sigma, overlap_scale: float):
+        """The fused kernel's log p_k(x) (patchreg.ops.charts) when it applies, else None.
+
+        It applies to FIF charts with built-in ResidualMLP networks, the unscaled prior, on the
+        CPU with the extension backend, and when no gradient is needed (the kernel has no
+        parameter gradients; the differentiable per-chart path serves training losses).
+        """
+        from ..backend import use_extension
+        from ..ops.charts import charts_log_prob_fused
+        from .stacked import stack_mlp_charts
+
+        if overlap_scale != 1.0 or not use_extension() or x.device.type != "cpu":
+            return None
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return None
+        if torch.is_tensor(sigma) and sigma.requires_grad and torch.is_grad_enabled():
+            return None
+        try:
+            params = stack_mlp_charts(self)
+        except TypeError:  # other chart families or architectures
+            return None
+        params = {k: v.to(x.dtype) for k, v in params.items()}
+        sigma = float(sigma) if not torch.is_tensor(sigma) else float(sigma.detach())
+        _, chart_lp, _ = charts_log_prob_fused(x, params, self.log_alpha.detach().to(x.dtype), sigma, compute_grad=False)
+        return chart_lp
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """(B,): log p(x) = logsumexp_k [log alpha_k + log p_k(x)]."""

@@ -116,7 +116,11 @@ def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
         w = torch.nn.functional.one_hot(nearest_center(x, centers), model.n_charts).to(x.dtype)
     else:
         with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
-            scores = torch.stack([c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1)
+            # Detached and unscaled: the fused per-chart kernel computes every chart at once.
+            fused = model._fused_chart_log_probs(x, sigma, scale) if config.detach_responsibilities else None
+            scores = fused if fused is not None else torch.stack(
+                [c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1
+            )
         w = torch.softmax(model.log_alpha + scores, dim=-1)
         if config.detach_responsibilities:
             w = w.detach()

@@ -1,0 +1,59 @@
+// The fused chart-mixture log-density (patchreg::charts_log_prob): the description of one call,
+// shared by charts_cpu.cpp (checks, portable loops) and charts_cpu_avx2.cpp (the same loops
+// compiled for AVX2/FMA). Plain structs only, no ATen: the AVX2 file must not include templates
+// that could be emitted in two instruction sets.
+#pragma once
+
+#include <cstdint>
+
+namespace patchreg {
+namespace charts {
+
+// Points per block: whole AVX2 tiles (2 vectors = 16 floats or 8 doubles).
+constexpr int64_t kBlock = 32;
+
+// One stacked ResidualMLP: x -> W_out silu(h_L) + b_out, h_0 = W_in x + b_in,
+// h_{l+1} = h_l + W_{l,1} silu(W_{l,0} silu(h_l) + b_{l,0}) + b_{l,1}. All arrays have a leading K axis.
+template <typename T>
+struct Mlp {
+  int64_t in, width, out, blocks;
+  const T* in_w;          // (K, width, in)
+  const T* in_b;          // (K, width)
+  const T* const* blk_w;  // 2 * blocks pointers to (K, width, width): layer 0, layer 1 of each block
+  const T* const* blk_b;  // 2 * blocks pointers to (K, width)
+  const T* out_w;         // (K, out, width)
+  const T* out_b;         // (K, out)
+};
+
+// The frame (centre, basis, scale) is folded into enc.in_* and dec.out_*, so the encoder reads
+// x and the decoder writes x_hat and J = d x_hat / dz directly.
+template <typename T>
+struct Problem {
+  int64_t B, n, d, K;
+  Mlp<T> enc, dec;
+  const T* x;          // (B, n)
+  const T* log_alpha;  // (K)
+  double inv_sigma2;   // 1 / sigma^2
+  double log_const;    // log Z_d + (n - d)/2 log(2 pi sigma^2)
+  T* log_prob;         // (B)
+  T* chart_lp;         // (B, K)
+  T* grad_x;           // (B, n); null: no gradient
+};
+
+// Scratch of one thread: `scratch_size` values of T and `dscratch_size` doubles.
+namespace portable {
+int64_t scratch_size(const Problem<float>& p);
+int64_t scratch_size(const Problem<double>& p);
+int64_t dscratch_size(int64_t d);
+void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds);
+void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds);
+}  // namespace portable
+
+// Same loops, AVX2/FMA; call only when avx2::enabled() (gmm_cpu_avx2.h).
+namespace avx2k {
+void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds);
+void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds);
+}  // namespace avx2k
+
+}  // namespace charts
+}  // namespace patchreg
