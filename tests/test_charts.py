@@ -118,6 +118,49 @@ def test_conv_architecture_shapes_and_pointwise():
     assert model.log_prob(x).shape == (5,)
 
 
+def test_conv_hand_written_jvp_matches_torch_func():
+    g = torch.Generator().manual_seed(3)
+    for net, dim_in in ((ConvResNetDecoder(3, 8, 4, 2), 3), (ConvResNetEncoder(3, 8, 4, 2), 64)):
+        net = _randomised(net.to(D64), 0.3)
+        x = torch.randn(5, dim_in, generator=g, dtype=D64)
+        tangents = torch.randn(5, dim_in, 4, generator=g, dtype=D64)
+        y, t = net.jvp(x, tangents)
+        expected = torch.stack([torch.func.jvp(net, (x,), (tangents[..., j],))[1] for j in range(4)], -1)
+        torch.testing.assert_close(y, net(x), rtol=0, atol=0)
+        torch.testing.assert_close(t, expected, rtol=1e-10, atol=1e-10)
+    # the chart uses them through its frame (a rotated one, to check the frame's factors)
+    chart = _randomised(build_mixture("fif", 1, 64, 3, architecture="conv", width=4, n_blocks=1).to(D64), 0.2).charts[0]
+    chart.set_frame(torch.rand(20, 64, generator=g, dtype=D64), "pca")
+    z = torch.randn(4, 3, generator=g, dtype=D64)
+    _, jac = chart.decode_with_jacobian(z)
+    torch.testing.assert_close(jac, decoder_jacobian(chart.decode, z), rtol=1e-10, atol=1e-10)
+    x, tx = torch.rand(4, 64, generator=g, dtype=D64), torch.randn(4, 64, 2, generator=g, dtype=D64)
+    expected = torch.stack([torch.func.jvp(chart.encode, (x,), (tx[..., j],))[1] for j in range(2)], -1)
+    z, push = chart.encode_linearized(x)
+    torch.testing.assert_close(z, chart.encode(x), rtol=0, atol=0)
+    torch.testing.assert_close(push(tx), expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(chart.encode_jvp(x, tx)[1], expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("architecture", ["mlp", "conv"])
+def test_fif_surrogate_forward_and_reverse_mode_agree(architecture):
+    """The Hutchinson term v^T f'(x) stopgrad(g'(z) v) by forward mode (encoder jvp) and by reverse mode
+    (create_graph vjp, Sorrenson et al.): same loss, same parameter gradients."""
+    n, d = (64, 3) if architecture == "conv" else (5, 2)
+    model = _randomised(build_mixture("fif", 1, n, d, architecture=architecture, width=4, n_blocks=1).to(D64), 0.2)
+    chart = model.charts[0]
+    x = torch.rand(6, n, dtype=D64)
+    chart.set_frame(x, model.config["align"])
+    results = []
+    for mode in ("jvp", "vjp"):
+        chart.surrogate_mode = mode
+        loss = chart.training_loss(x, model.prior, 0.1, generator=torch.Generator().manual_seed(0))
+        results.append((loss, torch.autograd.grad(loss.sum(), list(chart.parameters()))))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-10)
+    for a, b in zip(results[0][1], results[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 # -- mixture ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def random_mixture():
@@ -191,6 +234,30 @@ def test_training_on_circle_puts_samples_near_it(family):
     assert Circle().distance(before).mean() > 2 * dist.mean()  # training, not the seeding, did it
     assert set(labels.tolist()) == {0, 1}
     assert np.isfinite([h["loss"] for h in history]).all()
+
+
+@pytest.mark.parametrize("family,architecture", [("fif", "mlp"), ("fif", "conv"), ("vae", "mlp")])
+def test_pretrain_loss_on_cluster_rows_matches_full_batch(family, architecture):
+    """Pre-training evaluates each chart on its own cluster's points only: same loss, same gradients
+    (zeros for a chart without points in the batch) and same random stream as weighting the full batch."""
+    from patchreg.charts.training import mixture_loss
+
+    n = 64 if architecture == "conv" else 5
+    model = _randomised(build_mixture(family, 3, n, 2, architecture, width=4, n_blocks=1, coupling_blocks=2).to(D64), 0.1)
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(12, n, generator=g, dtype=D64)
+    centers = torch.stack([x[0], x[1], x[0] + 100])  # the third chart gets no points
+    for chart in model.charts:
+        chart.set_frame(x, model.config["align"])
+    loss, w = mixture_loss(model, x, TrainConfig(), "pretrain", centers, torch.Generator().manual_seed(0))
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    gen = torch.Generator().manual_seed(0)
+    full = torch.stack([c.training_loss(x, model.prior, 0.05, 1.0, gen) for c in model.charts], -1)
+    expected = (w * full).sum(-1).mean()
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-10)
+    for a, b in zip(grads, torch.autograd.grad(expected, list(model.parameters()))):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert w[:, 2].sum() == 0 and all((p == 0).all() for p in grads[2 * len(grads) // 3:])
 
 
 def test_checkpoint_round_trip_and_exact_resume(tmp_path):

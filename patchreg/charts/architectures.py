@@ -59,6 +59,32 @@ def _silu_grad(h: torch.Tensor) -> torch.Tensor:
     return s * (1 + h * (1 - s))
 
 
+# -- convolutional ResNet -------------------------------------------------------------------
+# Forward mode by hand: `linearize(x)` returns the primal output and `push`, the tangent map
+# t -> f'(x) t; m tangents per point go through each (transposed) convolution, without its bias,
+# as one batch of B*m images, multiplied by silu' of the primal's pre-activations (kept from the
+# primal pass). Feature maps are kept channels-last: oneDNN's convolutions on these small maps
+# are faster in that layout (measured 1.5x for 16 channels on 8x8); the values are the same.
+
+_CHANNELS_LAST = torch.channels_last
+
+
+def _silu_factor(h: torch.Tensor) -> torch.Tensor:
+    return _silu_grad(h).unsqueeze(1)  # (B, 1, C, H, W): broadcasts over the m tangents
+
+
+def _conv_tangent(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """The linear part of a conv layer (no bias) applied to tangents t (B, m, C, H, W): one pass of batch B*m."""
+    b, m = t.shape[:2]
+    flat = t.reshape(b * m, *t.shape[2:]).contiguous(memory_format=_CHANNELS_LAST)
+    if isinstance(layer, nn.ConvTranspose2d):
+        out = F.conv_transpose2d(flat, layer.weight, None, layer.stride, layer.padding, layer.output_padding,
+                                 layer.groups, layer.dilation)
+    else:
+        out = F.conv2d(flat, layer.weight, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+    return out.reshape(b, m, *out.shape[1:])
+
+
 class _ConvBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -69,6 +95,30 @@ class _ConvBlock(nn.Module):
 
     def forward(self, x):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+    def linearize(self, x):
+        """(block(x), factors): the silu' factors that `push` needs."""
+        b = self.conv1(F.silu(x))
+        return x + self.conv2(F.silu(b)), (_silu_factor(x), _silu_factor(b))
+
+    def push(self, factors, t):
+        """block'(x) t for tangents t (B, m, C, H, W)."""
+        before, inner = factors
+        return t + _conv_tangent(self.conv2, inner * _conv_tangent(self.conv1, before * t))
+
+
+def _linearize_blocks(blocks, h):
+    factors = []
+    for block in blocks:
+        h, f = block.linearize(h)
+        factors.append(f)
+    return h, factors
+
+
+def _push_blocks(blocks, factors, t):
+    for block, f in zip(blocks, factors):
+        t = block.push(f, t)
+    return t
 
 
 class ConvResNetEncoder(nn.Module):
@@ -85,10 +135,36 @@ class ConvResNetEncoder(nn.Module):
         self.low = nn.Sequential(*[_ConvBlock(2 * channels) for _ in range(n_blocks)])
         self.head = nn.Linear(2 * channels * (side // 2) ** 2, latent_dim)
 
+    def _image(self, x):
+        return x.reshape(-1, 1, self.side, self.side).contiguous(memory_format=_CHANNELS_LAST)
+
     def forward(self, x):
-        h = self.stem(x.reshape(-1, 1, self.side, self.side))
+        h = self.stem(self._image(x))
         h = self.low(self.down(F.silu(self.high(h))))
         return self.head(F.silu(h).flatten(1))
+
+    def linearize(self, x: torch.Tensor):
+        """(f(x), push) with push(tangents (B, side*side, m)) = f'(x) @ tangents (B, d, m), by hand-written forward mode."""
+        h, high = _linearize_blocks(self.high, self.stem(self._image(x)))
+        mid = _silu_factor(h)
+        h, low = _linearize_blocks(self.low, self.down(F.silu(h)))
+        out = _silu_factor(h)
+        z = self.head(F.silu(h).flatten(1))
+
+        def push(tangents):
+            b, m = tangents.shape[0], tangents.shape[-1]
+            t = _conv_tangent(self.stem, tangents.transpose(1, 2).reshape(b, m, 1, self.side, self.side))
+            t = _conv_tangent(self.down, mid * _push_blocks(self.high, high, t))
+            t = (out * _push_blocks(self.low, low, t)).flatten(2)  # (B, m, features)
+            return (t @ self.head.weight.T).transpose(1, 2)
+
+        return z, push
+
+    def jvp(self, x: torch.Tensor, tangents: torch.Tensor):
+        """(f(x), f'(x) @ tangents) for tangents (B, side*side, m): same numbers as torch.func.jvp,
+        one batched pass instead of m, differentiable by ordinary autograd."""
+        z, push = self.linearize(x)
+        return z, push(tangents)
 
 
 class ConvResNetDecoder(nn.Module):
@@ -105,10 +181,36 @@ class ConvResNetDecoder(nn.Module):
         self.high = nn.Sequential(*[_ConvBlock(channels) for _ in range(n_blocks)])
         self.out = nn.Conv2d(channels, 1, 3, padding=1)
 
+    def _low_map(self, h):
+        half = self.side // 2
+        return h.reshape(*h.shape[:-1], 2 * self.channels, half, half)
+
     def forward(self, z):
-        h = self.head(z).reshape(-1, 2 * self.channels, self.side // 2, self.side // 2)
+        h = self._low_map(self.head(z)).contiguous(memory_format=_CHANNELS_LAST)
         h = self.high(self.up(F.silu(self.low(h))))
         return self.out(F.silu(h)).flatten(1)
+
+    def linearize(self, z: torch.Tensor):
+        """(g(z), push) with push(tangents (B, d, m)) = g'(z) @ tangents (B, side*side, m), by hand-written forward mode."""
+        h, low = _linearize_blocks(self.low, self._low_map(self.head(z)).contiguous(memory_format=_CHANNELS_LAST))
+        mid = _silu_factor(h)
+        h, high = _linearize_blocks(self.high, self.up(F.silu(h)))
+        out = _silu_factor(h)
+        x = self.out(F.silu(h)).flatten(1)
+
+        def push(tangents):
+            t = self._low_map(tangents.transpose(1, 2) @ self.head.weight.T)  # (B, m, 2C, side/2, side/2)
+            t = _conv_tangent(self.up, mid * _push_blocks(self.low, low, t))
+            t = _conv_tangent(self.out, out * _push_blocks(self.high, high, t))
+            return t.flatten(2).transpose(1, 2)
+
+        return x, push
+
+    def jvp(self, z: torch.Tensor, tangents: torch.Tensor):
+        """(g(z), g'(z) @ tangents) for tangents (B, d, m): same numbers as torch.func.jvp, one
+        batched pass instead of m, differentiable by ordinary autograd."""
+        x, push = self.linearize(z)
+        return x, push(tangents)
 
 
 ARCHITECTURES = ("mlp", "conv")

@@ -96,6 +96,23 @@ class Chart(nn.Module):
         columns = [torch.func.jvp(self._decode_frame, (z,), (tangents[..., j],)) for j in range(tangents.shape[-1])]
         return columns[0][0], torch.stack([c[1] for c in columns], dim=-1)
 
+    def _encode_frame_jvp(self, y: torch.Tensor, tangents: torch.Tensor):
+        """(encoder(y), encoder'(y) @ tangents) in frame coordinates; tangents (B, n, m)."""
+        columns = [torch.func.jvp(self._encode_frame, (y,), (tangents[..., j],)) for j in range(tangents.shape[-1])]
+        return columns[0][0], torch.stack([c[1] for c in columns], dim=-1)
+
+    def encode_jvp(self, x: torch.Tensor, tangents: torch.Tensor):
+        """(E(x), E'(x) @ tangents) for tangents (B, n, m), exact forward mode."""
+        return self._encode_frame_jvp(self.to_frame(x), (self.basis.T @ tangents) / self.scale)
+
+    def encode_linearized(self, x: torch.Tensor):
+        """(E(x), push) with push(tangents (B, n, m)) = E'(x) @ tangents (B, d, m), exact forward mode.
+
+        Subclasses whose encoder can keep what the tangents need from the primal pass override
+        this (one primal pass for both); this default recomputes the primal in encode_jvp.
+        """
+        return self.encode(x), lambda tangents: self.encode_jvp(x, tangents)[1]
+
     def decode_jvp(self, z: torch.Tensor, tangents: torch.Tensor):
         """(D(z), D'(z) @ tangents) for tangents (B, d, m), exact forward mode."""
         y, ty = self._decode_frame_jvp(z, tangents)
@@ -122,8 +139,10 @@ class Chart(nn.Module):
             - 0.5 * codim * torch.log(2 * math.pi * sigma**2)
         )
 
-    def training_loss(self, x, prior, sigma, overlap_scale=1.0, generator=None) -> torch.Tensor:
-        """Per-point training loss (B,) of this chart family; lower is better."""
+    def training_loss(self, x, prior, sigma, overlap_scale=1.0, generator=None, rows=None) -> torch.Tensor:
+        """Per-point training loss (B,) of this chart family; lower is better. With `rows` (indices into
+        the batch), only the losses of those points (len(rows),), with the random draws the whole batch
+        would have used (so the random stream is the same whatever `rows`)."""
         raise NotImplementedError
 
     def assignment_score(self, x, prior, sigma, overlap_scale=1.0) -> torch.Tensor:

@@ -111,19 +111,23 @@ def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
     """(loss, responsibilities (B, K)) of one mini-batch in `phase`."""
     sigma = config.train_sigma
     scale = config.overlap_scale if phase == "overlap" else 1.0
-    losses = torch.stack([c.training_loss(x, model.prior, sigma, 1.0, generator) for c in model.charts], dim=-1)
     if phase == "pretrain":
-        w = torch.nn.functional.one_hot(nearest_center(x, centers), model.n_charts).to(x.dtype)
-    else:
-        with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
-            # Detached and unscaled: the fused per-chart kernel computes every chart at once.
-            fused = model._fused_chart_log_probs(x, sigma, scale) if config.detach_responsibilities else None
-            scores = fused if fused is not None else torch.stack(
-                [c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1
-            )
-        w = torch.softmax(model.log_alpha + scores, dim=-1)
-        if config.detach_responsibilities:
-            w = w.detach()
+        # hard assignment: each chart's loss is needed on its own cluster's points only (the others have
+        # weight 0); an empty selection still gives zero gradients, as the weight-0 terms did
+        labels = nearest_center(x, centers)
+        total = sum(c.training_loss(x, model.prior, sigma, 1.0, generator, rows=(labels == k).nonzero()[:, 0]).sum()
+                    for k, c in enumerate(model.charts))
+        return total / len(x), torch.nn.functional.one_hot(labels, model.n_charts).to(x.dtype)
+    losses = torch.stack([c.training_loss(x, model.prior, sigma, 1.0, generator) for c in model.charts], dim=-1)
+    with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
+        # Detached and unscaled: the fused per-chart kernel computes every chart at once.
+        fused = model._fused_chart_log_probs(x, sigma, scale) if config.detach_responsibilities else None
+        scores = fused if fused is not None else torch.stack(
+            [c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1
+        )
+    w = torch.softmax(model.log_alpha + scores, dim=-1)
+    if config.detach_responsibilities:
+        w = w.detach()
     return (w * losses).sum(-1).mean(), w.detach()
 
 
@@ -134,16 +138,19 @@ def _nonfinite_message(step, phase, what):
     )
 
 
-def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3) -> None:
+def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3, batch: int = 512) -> None:
     """Set alpha to the mean responsibilities and sigma to its maximum-likelihood value on `points`
-    (alternating, starting from `start_sigma`)."""
+    (alternating, starting from `start_sigma`). Evaluated `batch` points at a time (the same values;
+    the exact Jacobians of large batches are slower per point, measured 1.3x at 1348 points)."""
     codim = model.ambient_dim - model.latent_dim
+    chunks = points.split(batch)
     with torch.no_grad():
         model.log_sigma.fill_(math.log(start_sigma))
         for _ in range(n_rounds):
-            w = model.responsibilities(points)
+            w = torch.cat([model.responsibilities(chunk) for chunk in chunks])
             model.log_alpha.copy_(torch.log(w.mean(0).clamp_min(1e-12)))
-            resid = torch.stack([((points - c.decode(c.encode(points))) ** 2).sum(-1) for c in model.charts], -1)
+            resid = torch.cat([torch.stack([((chunk - c.decode(c.encode(chunk))) ** 2).sum(-1) for c in model.charts], -1)
+                               for chunk in chunks])
             sigma2 = (w * resid).sum(-1).mean() / codim
             model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))
 

@@ -36,9 +36,12 @@ class InjectiveFlowChart(Chart):
         t_pad = tangents.new_zeros(*tangents.shape[:-2], self.ambient_dim - self.latent_dim, tangents.shape[-1])
         return self.flow.jvp(torch.cat([z, pad], -1), torch.cat([tangents, t_pad], -2))
 
-    def training_loss(self, x, prior, sigma, overlap_scale=1.0, generator=None):
+    def training_loss(self, x, prior, sigma, overlap_scale=1.0, generator=None, rows=None):
+        # drawn for the whole batch, whatever `rows`: the random stream does not depend on it
+        eps = torch.randn((x.shape[0], self.latent_dim), generator=generator, dtype=x.dtype, device=x.device)
+        if rows is not None:
+            x, eps = x[rows], eps[rows]
         z = self.encode(x)
-        eps = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
         recon = ((x - self.decode(z + ENCODER_NOISE * eps)) ** 2).sum(-1)
         return recon / (2 * sigma**2) + prior.energy(z, overlap_scale) - self.latent_dim * math.log(ENCODER_NOISE)
 
