@@ -13,6 +13,8 @@
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "avx2_vec.h"
+
 namespace patchreg {
 namespace charts {
 namespace avx2k {
@@ -21,27 +23,8 @@ inline double kexp(double v) { return __builtin_exp(v); }
 inline double klog(double v) { return __builtin_log(v); }
 inline double ksqrt(double v) { return __builtin_sqrt(v); }
 
-struct F32 {
-  using T = float;
-  using V = __m256;
-  static constexpr int64_t L = 8;
-  static V load(const T* p) { return _mm256_loadu_ps(p); }
-  static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(T a) { return _mm256_set1_ps(a); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V zero() { return _mm256_setzero_ps(); }
-};
-
-struct F64 {
-  using T = double;
-  using V = __m256d;
-  static constexpr int64_t L = 4;
-  static V load(const T* p) { return _mm256_loadu_pd(p); }
-  static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(T a) { return _mm256_set1_pd(a); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V zero() { return _mm256_setzero_pd(); }
-};
+using avx2_vec::F32;
+using avx2_vec::F64;
 
 // C[0:MR, 0:2L] = init[0:MR, 0:2L] (zero if null) + A[0:MR, :] X[:, 0:2L].
 template <class S, int MR>

@@ -32,37 +32,16 @@ bool enabled() {
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
 
+#include "avx2_vec.h"
+
 namespace patchreg {
 namespace avx2 {
 namespace {
 
 constexpr int64_t kBlock = kBlockPatches;
 
-struct F32 {
-  using T = float;
-  using V = __m256;
-  static constexpr int64_t L = 8;
-  static V load(const T* p) { return _mm256_loadu_ps(p); }
-  static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
-  static V set1(T a) { return _mm256_set1_ps(a); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
-  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  static V zero() { return _mm256_setzero_ps(); }
-};
-
-struct F64 {
-  using T = double;
-  using V = __m256d;
-  static constexpr int64_t L = 4;
-  static V load(const T* p) { return _mm256_loadu_pd(p); }
-  static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
-  static V set1(T a) { return _mm256_set1_pd(a); }
-  static V fmadd(V a, V b, V c) { return _mm256_fmadd_pd(a, b, c); }
-  static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_pd(a, b, c); }
-  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
-  static V zero() { return _mm256_setzero_pd(); }
-};
+using avx2_vec::F32;
+using avx2_vec::F64;
 
 // Tile of kVec vectors of patches x 4 columns (rows) of U: 4 * kVec independent accumulators.
 constexpr int64_t kVec = 3;
