@@ -1,0 +1,75 @@
+"""A ChartCover from a learned chart mixture (patchreg.charts), for the nerve of issue 5.
+
+Scores follow the local-PCA cover's meaning (patchreg.topology.cover), so the same overlap
+thresholds tau apply: chart k explains point x when
+- its reconstruction error ||x - D_k(E_k(x))|| exceeds the chart's own error level (90th
+  percentile over the points it is most responsible for) by at most tau chart radii, and
+- the latent E_k(x) lies within radius 1 + tau of the origin (the latent prior lives on about
+  the unit ball, so latent radius 1 is the chart's border).
+score = residual excess / R + max(0, |E_k(x)| - 1), R the median chart radius (90th percentile
+of ||x - D_k(0)|| over each chart's own points). Tangents are the exact decoder Jacobians at
+E_k(x), per point and chart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .cover import OWN_ERROR_QUANTILE, ChartCover
+
+__all__ = ["cover_from_chart_mixture", "fit_chart_mixture_cover"]
+
+
+@torch.no_grad()
+def _chart_outputs(model, x: torch.Tensor, batch: int):
+    """Latents (N, K, d), reconstructions (N, K, n), Jacobians (N, K, n, d), log p_k (N, K)."""
+    latents, recons, jacobians, log_probs = [], [], [], []
+    for part in x.split(batch):
+        z = torch.stack([c.encode(part) for c in model.charts], 1)
+        outs = [c.decode_with_jacobian(z[:, k]) for k, c in enumerate(model.charts)]
+        latents.append(z)
+        recons.append(torch.stack([o[0] for o in outs], 1))
+        jacobians.append(torch.stack([o[1] for o in outs], 1))
+        log_probs.append(model.chart_log_probs(part))
+    return tuple(torch.cat(t).double().numpy() for t in (latents, recons, jacobians, log_probs))
+
+
+def cover_from_chart_mixture(model, points, batch: int = 1024) -> ChartCover:
+    """The ChartCover of a trained ChartMixture on points (N, n) (module docstring)."""
+    x = torch.as_tensor(np.asarray(points), dtype=model.log_alpha.dtype)
+    if x.ndim != 2 or x.shape[1] != model.ambient_dim:
+        raise ValueError(f"points must have shape (N, {model.ambient_dim}), got {tuple(x.shape)}")
+    z, recon, jac, log_p = _chart_outputs(model, x, batch)
+    pts = x.double().numpy()
+    residual = np.linalg.norm(pts[:, None, :] - recon, axis=-1)  # (N, K)
+    own = np.argmax(log_p + model.log_alpha.detach().double().numpy(), axis=1)
+    with torch.no_grad():
+        origins = torch.stack([c.decode(torch.zeros(1, model.latent_dim, dtype=x.dtype))[0] for c in model.charts])
+    origins = origins.double().numpy()
+    K = model.n_charts
+    own_error, radius = np.zeros(K), []
+    for k in range(K):
+        mine = own == k
+        if mine.any():
+            own_error[k] = np.quantile(residual[mine, k], OWN_ERROR_QUANTILE)
+            radius.append(np.quantile(np.linalg.norm(pts[mine] - origins[k], axis=1), OWN_ERROR_QUANTILE))
+    scale = float(np.median(radius)) if radius else 1.0
+    latent_excess = np.maximum(0.0, np.linalg.norm(z, axis=-1) - 1.0)
+    scores = np.maximum(0.0, residual - own_error) / max(scale, 1e-12) + latent_excess
+    return ChartCover(scores=scores, tangents=jac, dim=model.latent_dim, latents=z, centres=origins,
+                      description=f"learned FIF chart mixture, K={K}, d={model.latent_dim}")
+
+
+def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, config=None, width: int = 64,
+                            progress: bool = False) -> ChartCover:
+    """cover_fitter for patchreg.topology.homology_from_charts: train a FIF mixture (residual MLP
+    charts, latent dim `dim`) on the points, then read its cover. config: a TrainConfig."""
+    from ..charts import TrainConfig, build_mixture, train_mixture
+
+    pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    torch.manual_seed(seed)
+    model = build_mixture("fif", int(n_charts), pts.shape[1], int(dim), width=width)
+    config = config or TrainConfig(seed=seed)
+    train_mixture(model, pts, config, progress=progress)
+    return cover_from_chart_mixture(model, pts)
