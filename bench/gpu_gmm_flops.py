@@ -12,30 +12,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_bandwidth import cuda_time  # noqa: E402  (CUDA-event medians, shared)
 from patchreg import _extension  # noqa: E402
 
 NOMINAL_FP32_TFLOPS = {"H100": 67.0, "H200": 67.0, "A100": 19.5}  # SXM boards, vendor data sheets
-
-
-def cuda_time(fn, repeats: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
 
 
 def mixture(K: int, d: int):
