@@ -45,7 +45,6 @@ def parse_args(argv=None):
                    help="GMM checkpoint: trained (or resumed) here when not complete")
     p.add_argument("--sigmas", default="15,25,50", help="noise levels on the 0-255 scale")
     p.add_argument("--crop", type=int, default=0, help="denoise the top-left crop of this size (0: whole images)")
-    p.add_argument("--deepinv", action="store_true", help="also run DeepInverse's EPLL on the same GMM (256x256 crop)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gmm-library", default=os.environ.get("PATCHREG_GMM_LIBRARY"),
                    help="a separately built library with the GMM kernels to load")
@@ -94,61 +93,7 @@ def denoise_table(model: GMM, args) -> list[dict]:
     return rows
 
 
-def deepinv_comparison(model: GMM, args) -> list[dict]:
-    """Our EPLL and DeepInverse's EPLL with the same GMM weights on the 256x256 crop of every test photo."""
-    import deepinv
-
-    rows = []
-    images, names = test_images(256)
-    prior = deepinv.optim.EPLL(GMM=_deepinv_gmm(model), patch_size=model.patch_size, channels=1, pretrained=None)
-    for sigma255 in [float(s) for s in args.sigmas.split(",")]:
-        sigma = sigma255 / 255
-        for index, (clean, name) in enumerate(zip(images, names)):
-            generator = torch.Generator().manual_seed(args.seed * 1000 + index)
-            noisy = clean + sigma * torch.randn(clean.shape, generator=generator)
-            with measure() as ours:
-                ours_x = epll_restore(noisy, None, model, sigma)
-            coverage_x = epll_restore(noisy, None, model, sigma, prior_weight="coverage")
-            physics = deepinv.physics.Denoising(deepinv.physics.GaussianNoise(sigma))
-            with measure() as theirs:
-                with torch.no_grad():
-                    their_x = prior(noisy, physics, sigma=sigma)
-            rows.append({
-                "image": name, "sigma": sigma255, "psnr_noisy": float(psnr(noisy, clean)[0]),
-                "psnr_ours": float(psnr(ours_x, clean)[0]), "psnr_coverage": float(psnr(coverage_x, clean)[0]),
-                "psnr_deepinv": float(psnr(their_x, clean)[0]),
-                "seconds_ours": ours.seconds, "seconds_deepinv": theirs.seconds,
-                "peak_mb_ours": ours.peak_megabytes, "peak_mb_deepinv": theirs.peak_megabytes,
-            })
-            print(rows[-1], flush=True)
-    return rows
-
-
-# Our GMM models mean-removed patches (its covariances are singular along the constant patch);
-# DeepInverse's EPLL models raw patches. Adding DC_VARIANCE along the unit constant direction u
-# gives the equivalent raw-patch GMM: a nearly flat prior on the patch mean, which is what mean
-# removal means. The component choice is unchanged (the u-term of log N(x; mu_k, Sigma_k + c u u^T
-# + I/beta) is the same for every k when mu_k and Sigma_k have no u component) and the Wiener
-# filter keeps the patch mean, as ours does.
-DC_VARIANCE = 10.0
-
-
-def _deepinv_gmm(model: GMM):
-    """deepinv.optim.utils.GaussianMixtureModel holding our weights, means and covariances (+ DC variance)."""
-    from deepinv.optim.utils import GaussianMixtureModel
-
-    gmm = GaussianMixtureModel(model.n_components, model.dim, device="cpu")
-    gmm.set_weights(model.weights.float())
-    gmm.mu.data = model.means.float().clone()
-    cov = model.covariances
-    if model.remove_mean:
-        u = torch.full((model.dim,), model.dim**-0.5, dtype=cov.dtype)
-        cov = cov + DC_VARIANCE * torch.outer(u, u)
-    gmm.set_cov(cov.float())
-    return gmm
-
-
-def write_report(args, model, fit_seconds, rows, deepinv_rows, argv) -> None:
+def write_report(args, model, fit_seconds, rows, argv) -> None:
     command = "PATCHREG_BACKEND=" + patchreg.get_backend() + " .venv/bin/python bench/epll_experiments.py " + shlex.join(argv)
     lines = [
         "# EPLL: GMM patch prior (K=%d, %dx%d, mean removed) and denoising" % (args.components, args.patch_size, args.patch_size),
@@ -185,38 +130,6 @@ def write_report(args, model, fit_seconds, rows, deepinv_rows, argv) -> None:
         lines.append(f"| **mean** | {sigma:.0f} | {np.mean([r['psnr_noisy'] for r in sel]):.2f} | "
                      f"{np.mean([r['psnr'] for r in sel]):.2f} | {np.mean([r['ssim'] for r in sel]):.4f} | "
                      f"{np.mean([r['seconds'] for r in sel]):.2f} | |")
-    if deepinv_rows:
-        lines += [
-            "",
-            "## Side by side with DeepInverse 0.5 EPLL (same GMM weights, 256x256 crops)",
-            "",
-            "DeepInverse (`deepinv.optim.EPLL`, default beta schedule, float32) gets our GMM with a variance of "
-            f"{DC_VARIANCE:g} added along the constant patch (a flat prior on the patch mean, which is what "
-            "our mean removal means; see `_deepinv_gmm`). Both run on the same noisy image. 'ours (coverage)' "
-            "is our EPLL with Zoran & Weiss's coverage weighting of the x-step (`prior_weight='coverage'`), "
-            "the default is 'uniform' (the pixel weight DeepInverse uses). Peak memory: growth of the "
-            "resident set during the call, sampled every 2 ms.",
-            "",
-            "| image | sigma | PSNR noisy | PSNR ours | PSNR ours (coverage) | PSNR deepinv | time ours (s) | "
-            "time deepinv (s) | speed-up | peak MB ours | peak MB deepinv |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in deepinv_rows:
-            lines.append(
-                f"| {r['image']} | {r['sigma']:.0f} | {r['psnr_noisy']:.2f} | {r['psnr_ours']:.2f} | "
-                f"{r['psnr_coverage']:.2f} | {r['psnr_deepinv']:.2f} | {r['seconds_ours']:.2f} | "
-                f"{r['seconds_deepinv']:.2f} | {r['seconds_deepinv'] / r['seconds_ours']:.1f}x | "
-                f"{r['peak_mb_ours']:.0f} | {r['peak_mb_deepinv']:.0f} |"
-            )
-        speedups = [r["seconds_deepinv"] / r["seconds_ours"] for r in deepinv_rows]
-        gaps = [r["psnr_ours"] - r["psnr_deepinv"] for r in deepinv_rows]
-        lines += [
-            "",
-            f"Speed-up: median {np.median(speedups):.1f}x (range {min(speedups):.1f}-{max(speedups):.1f}x). "
-            f"PSNR ours - deepinv: mean {np.mean(gaps):+.3f} dB (range {min(gaps):+.3f} to {max(gaps):+.3f}). "
-            f"Peak memory: ours at most {max(r['peak_mb_ours'] for r in deepinv_rows):.0f} MB, "
-            f"deepinv up to {max(r['peak_mb_deepinv'] for r in deepinv_rows):.0f} MB.",
-        ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     patchreg.io.atomic_write_text(args.out, "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
@@ -233,8 +146,7 @@ def main(argv=None) -> int:
         gmm_ops._register()
     model, fit_seconds = train_gmm(args)
     rows = denoise_table(model, args)
-    deepinv_rows = deepinv_comparison(model, args) if args.deepinv else []
-    write_report(args, model, fit_seconds, rows, deepinv_rows, argv)
+    write_report(args, model, fit_seconds, rows, argv)
     return 0
 
 

@@ -7,7 +7,7 @@ case (camera, sigma 25) per method in a fresh process, the growth of the peak re
 (VmHWM, reset through /proc/self/clear_refs) during the call.
 
 DeepInverse gets our mean-removed GMM with a variance added along the constant patch (a flat
-prior on the patch mean, see epll_experiments._deepinv_gmm). deepinv is a bench-only dependency:
+prior on the patch mean, see _deepinv_gmm). deepinv is a bench-only dependency:
     pip install --no-deps deepinv==0.5.0 torchvision==0.29.1 && pip install einops h5py natsort requests torchmetrics
 
     .venv/bin/python bench/epll_vs_deepinv.py --seed 0 [--out bench/results/epll_vs_deepinv.md]
@@ -33,12 +33,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from epll_experiments import _deepinv_gmm, test_images  # noqa: E402
+from epll_experiments import test_images  # noqa: E402
 from patchreg import _extension, io  # noqa: E402
 from patchreg.metrics import psnr  # noqa: E402
 from patchreg.priors import GMM, epll_restore  # noqa: E402
 
 GMM_PATH = ROOT / "bench" / "results" / "gmm_k200_p6.safetensors"
+
+
+# Our GMM models mean-removed patches (its covariances are singular along the constant patch);
+# DeepInverse's EPLL models raw patches. Adding DC_VARIANCE along the unit constant direction u
+# gives the equivalent raw-patch GMM: a nearly flat prior on the patch mean, which is what mean
+# removal means. The component choice is unchanged (the u-term of log N(x; mu_k, Sigma_k + c u u^T
+# + I/beta) is the same for every k when mu_k and Sigma_k have no u component) and the Wiener
+# filter keeps the patch mean, as ours does.
+DC_VARIANCE = 10.0
+
+
+def _deepinv_gmm(model: GMM):
+    """deepinv.optim.utils.GaussianMixtureModel holding our weights, means and covariances (+ DC variance)."""
+    from deepinv.optim.utils import GaussianMixtureModel
+
+    gmm = GaussianMixtureModel(model.n_components, model.dim, device="cpu")
+    gmm.set_weights(model.weights.float())
+    gmm.mu.data = model.means.float().clone()
+    cov = model.covariances
+    if model.remove_mean:
+        u = torch.full((model.dim,), model.dim**-0.5, dtype=cov.dtype)
+        cov = cov + DC_VARIANCE * torch.outer(u, u)
+    gmm.set_cov(cov.float())
+    return gmm
 
 
 def noisy_image(clean: torch.Tensor, sigma: float, seed: int, index: int) -> torch.Tensor:
