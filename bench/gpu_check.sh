@@ -1,18 +1,40 @@
 #!/usr/bin/env bash
 # On a CUDA machine: build patchreg from source, run the CUDA tests and benchmarks, and print
 # the achieved bandwidth of the patch kernels as a fraction of a device-to-device copy measured
-# in the same run (goal >= 70%), and the GMM kernels' FLOP rate as a fraction of the FP32 peak.
-# Uses the python on PATH (or $PYTHON) and its torch.
+# in the same run (goal >= 70%), the GMM kernels' FLOP rate as a fraction of the FP32 peak, and
+# the chart-mixture CUDA kernel against its reference on the GPU. Every step runs even when an
+# earlier one fails (a GPU session is short); the exit status says whether all passed.
+# Uses the python on PATH (or $PYTHON) and its torch. Results go to $RESULTS (default bench/results).
 #
-#   bash bench/gpu_check.sh [results.md]
-set -euo pipefail
+#   RESULTS=/some/dir bash bench/gpu_check.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+RESULTS=${RESULTS:-bench/results}
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1
+failed=()
+step() {  # step NAME COMMAND...: runs it, records a failure, goes on
+  local name=$1
+  shift
+  echo "=== $name: $*"
+  local t0=$SECONDS
+  "$@" || failed+=("$name")
+  echo "=== $name took $((SECONDS - t0)) s"
+}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")}
-$PY -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
-$PY -m patchreg.info
-$PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
-$PY bench/gpu_bandwidth.py "$@"
-$PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider
-$PY bench/gpu_gmm_flops.py
+step build $PY -m pip install -q --no-build-isolation --no-deps -e .
+step info $PY -m patchreg.info
+step test-patches $PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
+step test-gmm $PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider
+step test-charts $PY -m pytest -q tests/test_charts_op.py -k "thread or cuda" -p no:cacheprovider
+step bandwidth $PY bench/gpu_bandwidth.py --out "$RESULTS/gpu_bandwidth.md"
+step gmm-flops $PY bench/gpu_gmm_flops.py --out "$RESULTS/gpu_gmm_flops.md"
+step charts-speed $PY bench/charts_op_speed.py --device cuda --rounds 5 --ref-chunk 8192 65536 \
+  --out "$RESULTS/charts_op_cuda.md"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "FAILED steps: ${failed[*]}"
+  exit 1
+fi
+echo "all GPU checks passed"

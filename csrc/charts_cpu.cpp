@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "charts.h"
+#include "charts_host.h"
 #include "checks.h"
 #include "gmm_cpu_avx2.h"
 
@@ -91,8 +92,6 @@ void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s,
 
 }  // namespace portable
 
-namespace {
-
 // log Z_d of patchreg.charts.latent_prior.log_normalizer: the same integral (the same pieces,
 // the outer one also cut at 1 + 40/slope), by composite Gauss-Legendre quadrature.
 double log_normalizer(int64_t d) {
@@ -137,6 +136,8 @@ double log_normalizer(int64_t d) {
 }
 
 // "encoder[2] (blocks.0.0.weight)": the position in the list and the parameter it must be.
+namespace {
+
 std::string entry_name(const char* list, size_t i, size_t count) {
   std::string what;
   if (i < 2) {
@@ -163,13 +164,11 @@ void check_shape(const at::Tensor& t, const std::string& name, std::vector<int64
                     at::IntArrayRef(shape), ", got ", t.sizes());
 }
 
-struct MlpShape {
-  int64_t width, blocks, out;
-};
+}  // namespace
 
 // One stacked ResidualMLP list (input.weight, input.bias, blocks.0.0.weight, blocks.0.0.bias,
 // blocks.0.1.weight, ..., output.weight, output.bias); out < 0: read it from output.weight.
-MlpShape check_mlp(at::TensorList list, const char* which, int64_t K, int64_t in, int64_t out,
+static MlpShape check_mlp(at::TensorList list, const char* which, int64_t K, int64_t in, int64_t out,
                    const at::Tensor& x) {
   const size_t count = list.size();
   TORCH_CHECK_VALUE(count >= 4 && (count - 4) % 4 == 0, which,
@@ -195,11 +194,6 @@ MlpShape check_mlp(at::TensorList list, const char* which, int64_t K, int64_t in
   check_shape(list[count - 1], name(count - 1), {K, out});
   return {width, static_cast<int64_t>(count - 4) / 4, out};
 }
-
-struct Shape {
-  int64_t B, n, d, K;
-  MlpShape enc, dec;
-};
 
 Shape check_charts(const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
                    const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
@@ -228,6 +222,29 @@ Shape check_charts(const at::Tensor& x, const at::Tensor& center, const at::Tens
   return {B, n, d, K, enc, dec};
 }
 
+void fold_frame(const at::Tensor& center, const at::Tensor& basis, const at::Tensor& scale,
+                at::TensorList encoder, at::TensorList decoder, at::ScalarType dtype,
+                std::vector<at::Tensor>& enc, std::vector<at::Tensor>& dec) {
+  const int64_t K = center.size(0);
+  // Fold the frame into the networks, in float64: W_in' = W_in basis^T / scale,
+  // b_in' = b_in - W_in' center; W_out' = scale basis W_out, b_out' = scale basis b_out + center.
+  const auto f64 = [](const at::Tensor& t) { return t.to(at::kDouble); };
+  const auto Q = f64(basis), c = f64(center), sc = f64(scale).view({K, 1, 1});
+  for (const auto& t : encoder) enc.push_back(t.contiguous());
+  for (const auto& t : decoder) dec.push_back(t.contiguous());
+  const size_t nd = dec.size();
+  auto in_w = at::matmul(f64(enc[0]), Q.transpose(1, 2)) / sc;
+  auto in_b = f64(enc[1]) - at::matmul(in_w, c.unsqueeze(-1)).squeeze(-1);
+  auto out_w = at::matmul(Q, f64(dec[nd - 2])) * sc;
+  auto out_b = at::matmul(Q, f64(dec[nd - 1]).unsqueeze(-1)).squeeze(-1) * sc.view({K, 1}) + c;
+  enc[0] = in_w.to(dtype).contiguous();
+  enc[1] = in_b.to(dtype).contiguous();
+  dec[nd - 2] = out_w.to(dtype).contiguous();
+  dec[nd - 1] = out_b.to(dtype).contiguous();
+}
+
+namespace {
+
 template <typename T>
 Mlp<T> make_mlp(const std::vector<at::Tensor>& t, const MlpShape& s, int64_t in,
                 std::vector<const T*>& w, std::vector<const T*>& b) {
@@ -249,22 +266,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
   const auto dtype = x.scalar_type();
   const int64_t K = s.K;
 
-  // Fold the frame into the networks, in float64: W_in' = W_in basis^T / scale,
-  // b_in' = b_in - W_in' center; W_out' = scale basis W_out, b_out' = scale basis b_out + center.
-  const auto f64 = [](const at::Tensor& t) { return t.to(at::kDouble); };
-  const auto Q = f64(basis), c = f64(center), sc = f64(scale).view({K, 1, 1});
   std::vector<at::Tensor> enc, dec;
-  for (const auto& t : encoder) enc.push_back(t.contiguous());
-  for (const auto& t : decoder) dec.push_back(t.contiguous());
-  const size_t nd = dec.size();
-  auto in_w = at::matmul(f64(enc[0]), Q.transpose(1, 2)) / sc;
-  auto in_b = f64(enc[1]) - at::matmul(in_w, c.unsqueeze(-1)).squeeze(-1);
-  auto out_w = at::matmul(Q, f64(dec[nd - 2])) * sc;
-  auto out_b = at::matmul(Q, f64(dec[nd - 1]).unsqueeze(-1)).squeeze(-1) * sc.view({K, 1}) + c;
-  enc[0] = in_w.to(dtype).contiguous();
-  enc[1] = in_b.to(dtype).contiguous();
-  dec[nd - 2] = out_w.to(dtype).contiguous();
-  dec[nd - 1] = out_b.to(dtype).contiguous();
+  fold_frame(center, basis, scale, encoder, decoder, dtype, enc, dec);
   const auto X = x.contiguous(), LA = log_alpha.contiguous();
 
   auto log_prob = at::empty({s.B}, x.options());

@@ -206,6 +206,132 @@ def test_kernel_empty_batch_and_singular_jacobian(kernels):
     assert torch.isnan(chart).all() and torch.isnan(total).all()  # the reference raises instead
 
 
+# --- one thread per (point, chart): the CUDA kernel, and its thread program run on the CPU --------
+# csrc/charts_thread.h is compiled for the GPU (charts_cuda.cu) and for the host as the test-only
+# op charts_log_prob_simt, so that machines without a GPU still check the CUDA kernel's arithmetic.
+
+THREAD_CASES = CASES + [(3, 20, 9, 12, 1, 20)]  # d = 9: more tangent columns than one register tile
+
+
+def _has_cuda_kernel():
+    return hasattr(torch.ops.patchreg, _OP_NAME) and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "patchreg::" + _OP_NAME, "CUDA")
+
+
+_OP_NAME = "charts_log_prob"
+
+
+@pytest.fixture(params=["simt-on-cpu", "cuda"])
+def thread_impl(request, kernels):
+    if request.param == "cuda" and not (torch.cuda.is_available() and _has_cuda_kernel()):
+        pytest.skip("needs a CUDA device and an extension built with CUDA kernels")
+    return request.param
+
+
+def run_thread_impl(impl, x, params, log_alpha, sigma, compute_grad=True):
+    """The CUDA kernel (impl "cuda") or its thread program on the CPU; results on the CPU."""
+    device = "cuda" if impl == "cuda" else "cpu"
+    op = torch.ops.patchreg.charts_log_prob if impl == "cuda" else torch.ops.patchreg.charts_log_prob_simt
+    p = {k: v.to(device) for k, v in params.items()}
+    out = op(x.to(device), p["center"], p["basis"], p["scale"], mlp_weight_list(p, "encoder"),
+             mlp_weight_list(p, "decoder"), log_alpha.to(device), sigma, compute_grad)
+    return tuple(o.cpu() for o in out)
+
+
+@pytest.mark.parametrize("K,n,d,width,n_blocks,B", THREAD_CASES)
+def test_thread_program_matches_reference_float64(thread_impl, K, n, d, width, n_blocks, B):
+    params, log_alpha = random_params(K, n, d, width, n_blocks, seed=B)
+    x = random_points(B, n, seed=K)
+    r_total, r_chart, r_grad = reference(x, params, log_alpha, 0.4)
+    total, chart, grad = run_thread_impl(thread_impl, x, params, log_alpha, 0.4)
+    assert total.shape == (B,) and chart.shape == (B, K) and grad.shape == (B, n)
+    assert_close_rel(total, r_total, 1e-11)
+    assert_close_rel(chart, r_chart, 1e-11)
+    assert_close_rel(grad, r_grad, 1e-10)
+    total2, chart2, empty = run_thread_impl(thread_impl, x, params, log_alpha, 0.4, compute_grad=False)
+    assert_close_rel(total2, total, 1e-13)
+    assert torch.equal(chart2, chart) and empty.shape == (B, 0)
+
+
+def test_thread_program_other_widths_blocks_and_sigma(thread_impl):
+    params, log_alpha = random_params(3, 6, 2, 10, 2, dec_width=7, dec_blocks=1, seed=5)
+    x = random_points(45, 6)
+    r_total, r_chart, r_grad = reference(x, params, log_alpha, 0.05)
+    total, chart, grad = run_thread_impl(thread_impl, x, params, log_alpha, 0.05)
+    assert_close_rel(total, r_total, 1e-11)
+    assert_close_rel(chart, r_chart, 1e-11)
+    assert_close_rel(grad, r_grad, 1e-10)
+
+
+def test_thread_program_chunks_of_points(thread_impl, monkeypatch):
+    # a scratch budget of a few points per launch: many launches, the same numbers
+    params, log_alpha = random_params(3, 8, 2, 12, 1, seed=7)
+    x = random_points(50, 8)
+    whole = run_thread_impl(thread_impl, x, params, log_alpha, 0.3)
+    monkeypatch.setenv("PATCHREG_CHARTS_SCRATCH", "4000")  # values; about 3 points per launch here
+    chunked = run_thread_impl(thread_impl, x, params, log_alpha, 0.3)
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_thread_program_float32_close_to_float64(thread_impl):
+    params, log_alpha = random_params(6, 12, 3, 32, 2, seed=3)
+    x = random_points(70, 12)
+    total, chart, grad = run_thread_impl(thread_impl, x, params, log_alpha, 0.3)
+    p32 = {k: v.float() for k, v in params.items()}
+    total32, chart32, grad32 = run_thread_impl(thread_impl, x.float(), p32, log_alpha.float(), 0.3)
+    assert total32.dtype == chart32.dtype == grad32.dtype == torch.float32
+    assert_close_rel(total32.double(), total, 2e-5)
+    assert_close_rel(chart32.double(), chart, 2e-5)
+    assert_close_rel(grad32.double(), grad, 1e-4)
+
+
+def test_thread_program_empty_batch_and_singular_jacobian(thread_impl):
+    params, log_alpha = random_params(2, 5, 2, 8, 1)
+    total, chart, grad = run_thread_impl(thread_impl, random_points(0, 5), params, log_alpha, 0.3)
+    assert total.shape == (0,) and chart.shape == (0, 2) and grad.shape == (0, 5)
+    params["decoder.output.weight"] = torch.zeros_like(params["decoder.output.weight"])  # J = 0
+    total, chart, grad = run_thread_impl(thread_impl, random_points(3, 5), params, log_alpha, 0.3)
+    assert torch.isnan(chart).all() and torch.isnan(total).all()
+
+
+def test_thread_program_opcheck(kernels):
+    params, log_alpha = random_params(2, 4, 2, 6, 1)
+    x = random_points(5, 4)
+    args = (x, params["center"], params["basis"], params["scale"], mlp_weight_list(params, "encoder"),
+            mlp_weight_list(params, "decoder"), log_alpha, 0.5, True)
+    torch.library.opcheck(torch.ops.patchreg.charts_log_prob_simt.default, args)
+
+
+def test_cuda_public_function_autograd_and_opcheck(kernels):
+    if not (torch.cuda.is_available() and _has_cuda_kernel()):
+        pytest.skip("needs a CUDA device and an extension built with CUDA kernels")
+    params, log_alpha = random_params(3, 5, 2, 16, 2)
+    p = {k: v.cuda() for k, v in params.items()}
+    x = random_points(20, 5).cuda().requires_grad_(True)
+    with patchreg.use_backend("extension"):
+        total, chart, grad = charts_log_prob_fused(x, p, log_alpha.cuda(), 0.4)
+    (back,) = torch.autograd.grad(total.sum(), x)
+    torch.testing.assert_close(back, grad)
+    r_total, _, r_grad = reference(x.detach().cpu(), params, log_alpha, 0.4)
+    assert_close_rel(total.detach().cpu(), r_total, 1e-11)
+    assert_close_rel(grad.cpu(), r_grad, 1e-10)
+    args = (x, p["center"], p["basis"], p["scale"], mlp_weight_list(p, "encoder"), mlp_weight_list(p, "decoder"),
+            log_alpha.cuda(), 0.5, True)
+    torch.library.opcheck(torch.ops.patchreg.charts_log_prob.default, args)
+
+
+def test_cuda_kernel_bad_device_mix(kernels):
+    if not (torch.cuda.is_available() and _has_cuda_kernel()):
+        pytest.skip("needs a CUDA device and an extension built with CUDA kernels")
+    params, log_alpha = random_params(2, 4, 2, 6, 1)
+    x = random_points(5, 4).cuda()
+    p = {k: v.cuda() for k, v in params.items()}
+    with pytest.raises(ValueError, match="log_alpha is on"):
+        torch.ops.patchreg.charts_log_prob(x, p["center"], p["basis"], p["scale"], mlp_weight_list(p, "encoder"),
+                                           mlp_weight_list(p, "decoder"), log_alpha, 0.5, True)
+
+
 # --- public function: dispatch, autograd, registration -------------------------------------------
 
 

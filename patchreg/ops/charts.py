@@ -1,6 +1,8 @@
 """Fused log-density of a chart mixture with built-in ResidualMLP charts: checks, dispatch, fake and autograd.
 
-Kernel: csrc/charts_cpu.cpp (CPU only; CUDA tensors use the reference). Reference:
+Kernels: csrc/charts_cpu.cpp (CPU, blocks of points as small GEMMs) and csrc/charts_cuda.cu (CUDA,
+one thread per point and chart running csrc/charts_thread.h; the same thread program runs on the
+CPU as the test-only op patchreg::charts_log_prob_simt). Reference:
 patchreg.charts.stacked.charts_log_prob. Tests: tests/test_charts_op.py. Benchmark:
 bench/charts_op_speed.py.
 
@@ -91,7 +93,7 @@ def _kernel_for(x: torch.Tensor) -> bool:
     """True when the extension is in use and registered the op for x's device."""
     if not (use_extension() and kernels_compiled()):
         return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)  # no CUDA kernel yet: CUDA -> reference
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(x.device.type)  # a build without CUDA: CUDA -> reference
     return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("patchreg::" + _OP, key)
 
 
@@ -155,10 +157,13 @@ def _register() -> None:
     _registered["done"] = True
     name = "patchreg::" + _OP
 
-    @torch.library.register_fake(name)
-    def _(x, center, basis, scale, encoder, decoder, log_alpha, sigma, compute_grad):
+    def fake(x, center, basis, scale, encoder, decoder, log_alpha, sigma, compute_grad):
         B, n = x.shape
         return x.new_empty(B), x.new_empty(B, center.shape[0]), x.new_empty(B, n if compute_grad else 0)
+
+    torch.library.register_fake(name, fake)
+    if hasattr(torch.ops.patchreg, "charts_log_prob_simt"):  # the CUDA thread program on the CPU (tests)
+        torch.library.register_fake("patchreg::charts_log_prob_simt", fake)
 
     # Only x gets a gradient from the kernel; charts_log_prob_fused routes parameter gradients
     # to the reference. chart_log_prob and grad_x are marked non-differentiable.
