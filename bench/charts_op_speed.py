@@ -132,7 +132,7 @@ def main(argv=None) -> int:
         (f"forward only, {args.points} points", contenders(x, False)),
         (f"forward only, {args.small} points", contenders(small, False)),
     ]
-    info = patchreg._extension.build_info()
+    info = patchreg._extension.build_info() if device.type == "cpu" else {}
     gpu = f"GPU: {torch.cuda.get_device_name(device)}, " if device.type == "cuda" else ""
     lines = [
         f"Machine: {gpu}{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
@@ -143,18 +143,26 @@ def main(argv=None) -> int:
         f"medians of {args.rounds} interleaved rounds.",
         f"Fused vs reference on 512 points: max relative difference {err_lp:.1e} (log p), {err_g:.1e} (gradient).",
         "",
-        "| case | fused s | best reference s (chunk) | reference / fused |",
-        "|---|---|---|---|",
+        "| case | fused s | best reference s (chunk) | reference / fused |"
+        + (" fused peak MiB | reference peak MiB |" if device.type == "cuda" else ""),
+        "|---|---|---|---|" + ("---|---|" if device.type == "cuda" else ""),
     ]
     print("\n".join(lines), flush=True)
     for name, fns in rows:
-        if device.type == "cuda":  # warm-up of this size (allocator, kernel caches)
-            for fn in fns.values():
+        peak = {}
+        if device.type == "cuda":  # warm-up of this size (allocator, kernel caches), peak memory
+            for key, fn in fns.items():
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
                 fn()
+                sync()
+                peak[key] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         t = time_interleaved(fns, args.rounds, sync)
         best = min((v, k) for k, v in t.items() if k != "fused")
+        memory = (f" | {peak['fused']:.0f} | {peak[best[1]]:.0f}" if peak else "")
         row = (f"| {name} | {t['fused']:.4f} | {best[0]:.4f} ({best[1].split('@')[1]}) | "
-               f"**{best[0] / t['fused']:.1f}x** |")
+               f"**{best[0] / t['fused']:.1f}x**{memory} |")
         lines.append(row)
         print(row, flush=True)
     if args.out:

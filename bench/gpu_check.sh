@@ -6,7 +6,7 @@
 # earlier one fails (a GPU session is short); the exit status says whether all passed.
 # Uses the python on PATH (or $PYTHON) and its torch. Results go to $RESULTS (default bench/results).
 #
-#   RESULTS=/some/dir bash bench/gpu_check.sh
+#   RESULTS=/some/dir bash bench/gpu_check.sh      (SKIP_BUILD=1: use the patchreg already installed)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -23,8 +23,12 @@ step() {  # step NAME COMMAND...: runs it, records a failure, goes on
   echo "=== $name took $((SECONDS - t0)) s"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+# The GPU image exports CC/CXX=/opt/gcc/bin/gcc|g++, a GCC whose links leave libstdc++ out of _C's
+# dependencies (ldd shows none), and then formatting any integer in _C (build_info, TORCH_CHECK
+# messages with numbers) segfaults. The system compilers match the runtime libstdc++.
+if [ -x /usr/bin/g++ ] && [ -z "${KEEP_CXX:-}" ]; then export CC=/usr/bin/gcc CXX=/usr/bin/g++; fi
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c "import torch; c=torch.cuda.get_device_capability(); print(f'{c[0]}.{c[1]}')")}
-step build $PY -m pip install -q --no-build-isolation --no-deps -e .
+[ -n "${SKIP_BUILD:-}" ] || step build $PY -m pip install -q --no-build-isolation --no-deps -v -e . >"$RESULTS/build.log" 2>&1
 step info $PY -m patchreg.info
 step test-patches $PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
 step test-gmm $PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider

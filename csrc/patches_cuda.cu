@@ -1,5 +1,5 @@
 // Overlapping-patch extraction and its adjoint on CUDA. Same contract as patches_cpu.cpp.
-// Extraction: one thread per output element (coalesced writes). Aggregation: one thread per
+// Extraction: one thread per output element (coalesced writes), 32-bit index arithmetic when it fits. Aggregation: one thread per
 // output pixel gathering the patches that cover it (no atomics, deterministic). The
 // position-based adjoint uses atomicAdd (see aggregate_patches_at_cuda).
 #include <ATen/Dispatch.h>
@@ -11,6 +11,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <tuple>
 
 #include "patch_geometry.h"
@@ -43,16 +45,36 @@ __global__ void patch_means_from_image(const T* __restrict__ x, int64_t sB, int6
   }
 }
 
-template <typename T>
-__global__ void extract_kernel(const T* __restrict__ x, int64_t sB, int64_t sC, int64_t sH,
-                               int64_t sW, Geo g, const T* __restrict__ means,
-                               T* __restrict__ out) {
-  const int64_t pp = g.p * g.p, D = g.C * pp, L = g.nH * g.nW, total = g.B * L * D;
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < total;
-       k += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t e = k % D, bl = k / D, l = bl % L, b = bl / L;
-    const int64_t c = e / pp, r = e % pp, di = r / g.p, dj = r % g.p;
-    const int64_t i = l / g.nW, j = l % g.nW;
+// Index arithmetic in I: int32_t when every index fits (see index_fits_int32), because 64-bit
+// division and modulo cost several times more than 32-bit ones and dominate these kernels.
+template <typename I>
+struct GeoI {
+  I B, C, H, W, p, s, nH, nW;
+};
+
+template <typename I>
+GeoI<I> narrow(const Geo& g) {
+  return {I(g.B), I(g.C), I(g.H), I(g.W), I(g.p), I(g.s), I(g.nH), I(g.nW)};
+}
+
+// Grid-stride loops add up to gridDim * blockDim (< 2^30 with blocks_for) past the last index.
+inline bool index_fits_int32(int64_t largest) { return largest < (int64_t(1) << 30); }
+
+// Largest element offset of a strided 4-D tensor, plus one.
+inline int64_t offset_extent(const at::Tensor& x) {
+  int64_t e = 1;
+  for (int64_t i = 0; i < x.dim(); ++i) e += (x.size(i) - 1) * x.stride(i);
+  return e;
+}
+
+template <typename T, typename I>
+__global__ void extract_kernel(const T* __restrict__ x, I sB, I sC, I sH, I sW, GeoI<I> g,
+                               const T* __restrict__ means, T* __restrict__ out) {
+  const I pp = g.p * g.p, D = g.C * pp, L = g.nH * g.nW, total = g.B * L * D;
+  for (I k = blockIdx.x * I(blockDim.x) + threadIdx.x; k < total; k += I(gridDim.x) * blockDim.x) {
+    const I bl = k / D, e = k - bl * D, b = bl / L, l = bl - b * L;
+    const I c = e / pp, r = e - c * pp, di = r / g.p, dj = r - di * g.p;
+    const I i = l / g.nW, j = l - i * g.nW;
     T v = x[b * sB + c * sC + (i * g.s + di) * sH + (j * g.s + dj) * sW];
     if (means) v -= means[bl];
     out[k] = v;
@@ -71,34 +93,33 @@ __global__ void patch_means_kernel(const T* __restrict__ patches, int64_t rows, 
 }
 
 // Number of patch starts t*s (0 <= t < n) with t*s <= y < t*s + p, and the first one.
-__device__ inline void covering(int64_t y, int64_t p, int64_t s, int64_t n, int64_t& lo,
-                                int64_t& hi) {
+template <typename I>
+__device__ inline void covering(I y, I p, I s, I n, I& lo, I& hi) {
   lo = y - p + 1 <= 0 ? 0 : (y - p + s) / s;
   hi = y / s;
   if (hi > n - 1) hi = n - 1;
 }
 
-template <typename T>
+template <typename T, typename I>
 __global__ void aggregate_kernel(const T* __restrict__ patches, const T* __restrict__ means,
-                                 Geo g, bool normalize, T* __restrict__ out) {
-  const int64_t pp = g.p * g.p, D = g.C * pp, L = g.nH * g.nW;
-  const int64_t total = g.B * g.C * g.H * g.W;
-  for (int64_t k = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; k < total;
-       k += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t x = k % g.W, y = (k / g.W) % g.H, c = (k / (g.W * g.H)) % g.C;
-    const int64_t b = k / (g.W * g.H * g.C);
-    int64_t ilo, ihi, jlo, jhi;
+                                 GeoI<I> g, bool normalize, T* __restrict__ out) {
+  const I pp = g.p * g.p, D = g.C * pp, L = g.nH * g.nW;
+  const I total = g.B * g.C * g.H * g.W;
+  for (I k = blockIdx.x * I(blockDim.x) + threadIdx.x; k < total; k += I(gridDim.x) * blockDim.x) {
+    const I row = k / g.W, x = k - row * g.W, bc = row / g.H, y = row - bc * g.H;
+    const I b = bc / g.C, c = bc - b * g.C;
+    I ilo, ihi, jlo, jhi;
     covering(y, g.p, g.s, g.nH, ilo, ihi);
     covering(x, g.p, g.s, g.nW, jlo, jhi);
     T sum = 0;
-    int64_t count = 0;
-    for (int64_t i = ilo; i <= ihi; ++i) {
-      const int64_t di = y - i * g.s;
+    I count = 0;
+    for (I i = ilo; i <= ihi; ++i) {
+      const I di = y - i * g.s;
       if (di >= g.p) continue;
-      for (int64_t j = jlo; j <= jhi; ++j) {
-        const int64_t dj = x - j * g.s;
+      for (I j = jlo; j <= jhi; ++j) {
+        const I dj = x - j * g.s;
         if (dj >= g.p) continue;
-        const int64_t l = b * L + i * g.nW + j;
+        const I l = b * L + i * g.nW + j;
         T v = patches[l * D + c * pp + di * g.p + dj];
         if (means) v -= means[l];
         sum += v;
@@ -153,8 +174,14 @@ std::tuple<at::Tensor, at::Tensor> extract_patches_cuda(const at::Tensor& x, int
           xp, x.stride(0), x.stride(1), x.stride(2), x.stride(3), g, mp);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    extract_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        xp, x.stride(0), x.stride(1), x.stride(2), x.stride(3), g, mp, out.data_ptr<scalar_t>());
+    if (index_fits_int32(std::max(out.numel(), offset_extent(x))))
+      extract_kernel<scalar_t, int32_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          xp, int32_t(x.stride(0)), int32_t(x.stride(1)), int32_t(x.stride(2)),
+          int32_t(x.stride(3)), narrow<int32_t>(g), mp, out.data_ptr<scalar_t>());
+    else
+      extract_kernel<scalar_t, int64_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          xp, x.stride(0), x.stride(1), x.stride(2), x.stride(3), narrow<int64_t>(g), mp,
+          out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {out, means};
@@ -180,8 +207,12 @@ at::Tensor aggregate_patches_cuda(const at::Tensor& patches_in, int64_t height, 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       mp = means.data_ptr<scalar_t>();
     }
-    aggregate_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
-        patches.data_ptr<scalar_t>(), mp, g, normalize, out.data_ptr<scalar_t>());
+    if (index_fits_int32(std::max(out.numel(), patches.numel())))
+      aggregate_kernel<scalar_t, int32_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          patches.data_ptr<scalar_t>(), mp, narrow<int32_t>(g), normalize, out.data_ptr<scalar_t>());
+    else
+      aggregate_kernel<scalar_t, int64_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+          patches.data_ptr<scalar_t>(), mp, narrow<int64_t>(g), normalize, out.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -41,6 +41,7 @@ def random_patches(N, d, seed=1, dtype=F64):
 @pytest.fixture
 def kernels():
     """The compiled GMM kernels (skips when no library registered them)."""
+    patchreg.extension_available()  # loads the library (a -k selection may run no earlier test that does)
     if not gmm_ops.kernels_compiled():
         pytest.skip("GMM kernels are not compiled/loaded (reference backend or extension without gmm_cpu.cpp)")
     gmm_ops._register()
