@@ -170,7 +170,7 @@ def run_digits(job: dict) -> dict:
     from patchreg.charts.datasets import load_dataset
     from patchreg.charts.metrics import heldout_nll
 
-    data = load_dataset("digits", seed=job["seed"])
+    data = load_dataset("digits", seed=job["data_seed"])
     torch.manual_seed(job["seed"])
     model = build_mixture(job["family"], job["K"], 64, job["d"], job["architecture"], width=job["width"], n_blocks=2,
                           sigma=job["train_sigma"])
@@ -182,7 +182,7 @@ def run_digits(job: dict) -> dict:
     seconds = time.time() - started
     model = model.double()
     samples, labels = model.sample(len(data.test), torch.Generator().manual_seed(job["seed"] + 1))
-    classifier, _ = digit_classifier(job["seed"])
+    classifier, _ = digit_classifier(job["data_seed"])
     features = lambda x: classifier[:4](x).detach().numpy()
     with torch.no_grad():
         f_real, f_fake = features(data.test), features(samples)
@@ -206,8 +206,12 @@ def digits_main(args, command: str) -> int:
 
     _, accuracy = digit_classifier(args.seed)
     archs = [tuple(item.split(":")) for item in args.digits_models.split(",")]
-    jobs = [dict(family=f, architecture=a, K=args.digits_charts, d=args.digits_latent, seed=args.seed, steps=args.steps,
-                 width=args.width if a == "mlp" else 16, lr=args.lr, train_sigma=args.train_sigma) for f, a in archs]
+    # Training seeds seed .. seed + seeds - 1; the data split and the feature classifier stay those of
+    # --seed, so the spread is that of training alone and the FDs of all runs are comparable.
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    jobs = [dict(family=f, architecture=a, K=args.digits_charts, d=args.digits_latent, seed=s, data_seed=args.seed,
+                 steps=args.steps, width=args.width if a == "mlp" else 16, lr=args.lr, train_sigma=args.train_sigma)
+            for s in seeds for f, a in archs]
     started = time.time()
     with ProcessPoolExecutor(args.workers) as pool:
         # the conv runs are the longest: submitted first, so the MLP runs share the other worker
@@ -224,8 +228,9 @@ def digits_main(args, command: str) -> int:
         f_test, f_train = classifier[:4](data.test).numpy(), classifier[:4](data.train[: len(data.test)]).numpy()
     ref_fd = frechet_distance(f_test, f_train)
     ref_p, ref_r = precision_recall(f_test, f_train)
-    fig, axes = plt.subplots(1, len(runs), figsize=(4 * len(runs), 4.3))
-    for ax, run in zip(np.atleast_1d(axes), runs):
+    first = [r for r in runs if r["seed"] == seeds[0]]
+    fig, axes = plt.subplots(1, len(first), figsize=(4 * len(first), 4.3))
+    for ax, run in zip(np.atleast_1d(axes), first):
         grid = np.asarray(run["grid"]).reshape(10, 10, 8, 8).transpose(0, 2, 1, 3).reshape(80, 80)
         ax.imshow(np.clip(grid, 0, 1), cmap="gray")
         ax.set_title(f"{run['family']} / {run['architecture']}  FD {run['frechet']:.2f}", fontsize=9)
@@ -235,20 +240,40 @@ def digits_main(args, command: str) -> int:
     lines = [
         "# Chart mixtures on 8x8 digits (scikit-learn)", "",
         f"Command: `{command}`  ",
-        f"Seed: {args.seed}; machine: {MACHINE}; total wall time {(time.time() - started) / 60:.1f} min.  ",
+        f"Training seeds: {seeds} (data split and feature classifier: seed {args.seed}); machine: {MACHINE}; "
+        f"total wall time {(time.time() - started) / 60:.1f} min.  ",
         f"K = {args.digits_charts} charts, latent d = {args.digits_latent}, {args.steps} steps of batch 128, lr {args.lr}, "
         f"train sigma {args.train_sigma}; 1348 training / 449 test images. Feature classifier: MLP 64-128-64-10, "
         f"test accuracy {accuracy:.3f}; features = its 64-D penultimate layer. FD = Frechet distance of 449 samples "
         "to the 449 test images; precision/recall: k = 3 nearest-neighbour balls in feature space; "
         "classes covered: classes receiving >= 2% of the samples (classifier's label).", "",
         f"Reference (training images vs test images): FD {ref_fd:.3f}, precision {ref_p:.3f}, recall {ref_r:.3f}.", "",
-        "| family | architecture | FD | precision | recall | classes covered | class histogram | held-out NLL | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    if len(seeds) > 1:
+        lines += ["## Over the training seeds (mean, and min-max)", "",
+                  "| family | architecture | FD | precision | recall | held-out NLL | best FD in seeds |",
+                  "|---|---|---|---|---|---|---|"]
+        best = {s: min((r for r in runs if r["seed"] == s), key=lambda r: r["frechet"]) for s in seeds}
+        for f, a in archs:
+            rs = [r for r in runs if (r["family"], r["architecture"]) == (f, a)]
+
+            def cell(key, digits):
+                v = np.array([r[key] for r in rs])
+                return f"{v.mean():.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})"
+
+            wins = sum(1 for s in seeds if (best[s]["family"], best[s]["architecture"]) == (f, a))
+            lines.append(f"| {f} | {a} | {cell('frechet', 2)} | {cell('precision', 2)} | {cell('recall', 2)} | "
+                         f"{cell('heldout_nll', 1)} | {wins} of {len(seeds)} |")
+        lines += ["", "## Every run", ""]
+    lines += [
+        "| family | architecture | seed | FD | precision | recall | classes covered | class histogram | held-out NLL | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
-        lines.append(f"| {r['family']} | {r['architecture']} | {r['frechet']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                     f"{r['classes_covered']} | {r['class_histogram']} | {r['heldout_nll']:.1f} | {r['train_seconds']:.0f} |")
-    lines += ["", "Sample grid: `charts_digits.png` (first 100 samples of each model).", ""]
+        lines.append(f"| {r['family']} | {r['architecture']} | {r['seed']} | {r['frechet']:.3f} | {r['precision']:.3f} | "
+                     f"{r['recall']:.3f} | {r['classes_covered']} | {r['class_histogram']} | {r['heldout_nll']:.1f} | "
+                     f"{r['train_seconds']:.0f} |")
+    lines += ["", f"Sample grid: `charts_digits.png` (first 100 samples of each model, seed {seeds[0]}).", ""]
     (RESULTS / "charts_digits.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
@@ -257,6 +282,7 @@ def digits_main(args, command: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=1, help="digits: training seeds seed .. seed + seeds - 1")
     p.add_argument("--manifolds", default="circle,two_circles,sphere,torus,swiss_roll,klein_bottle")
     p.add_argument("--families", default="vae,fif")
     p.add_argument("--steps", type=int, default=1000)

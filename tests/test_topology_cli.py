@@ -30,6 +30,19 @@ def test_points_end_to_end(circle_file, tmp_path, capsys):
     assert "circle" in capsys.readouterr().out
 
 
+def test_learned_cover_end_to_end(circle_file, tmp_path):
+    # the nerve of a learned FIF chart mixture (short training) names the primary circle too
+    out = tmp_path / "out"
+    code = main(["topology", "--points", str(circle_file), "--patch-size", "3", "--core", "none", "--cover", "learned",
+                 "--learned-steps", "80", "--learned-width", "16", "--charts", "8", "--chart-dim", "1",
+                 "--landmarks", "40", "--out", str(out), "--seed", "0"])
+    assert code == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["charts"]["cover"].startswith("learned FIF chart mixture")
+    assert verdict["charts"]["verdict"] == "circle" and verdict["charts"]["stable"]
+    assert "learned FIF chart mixture" in (out / "report.md").read_text()
+
+
 def test_any_point_cloud_end_to_end(tmp_path):
     path = tmp_path / "sphere.npy"
     np.save(path, sample_model("sphere", 1200, seed=0)[0] * 3.0)  # radius 3: not the patch sphere
@@ -62,6 +75,8 @@ def test_images_end_to_end(tmp_path):
         (["--core", "15,0"], r"\(0, 100\]"),
         (["--core", "15,150"], r"\(0, 100\]"),
         (["--patch-size", "4"], "needs 15"),
+        (["--cover", "learned", "--learned-steps", "0"], "--learned-steps must be >= 1"),
+        (["--cover", "learned", "--learned-width", "1"], "--learned-width must be >= 2"),
     ],
 )
 def test_bad_input_is_a_clear_error(circle_file, tmp_path, capsys, extra, message):

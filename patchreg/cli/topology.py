@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     parser.add_argument("--patches-per-image", type=int, default=5000, help="random patches drawn per image")
     parser.add_argument("--max-chart-points", type=int, default=8000, help="core points used to fit charts")
     parser.add_argument("--no-charts", action="store_true", help="persistent homology only")
+    parser.add_argument("--cover", default="pca", choices=["pca", "learned"],
+                        help="charts of the nerve: local PCA (fast) or a learned FIF chart mixture")
+    parser.add_argument("--learned-steps", type=int, default=300,
+                        help="--cover learned: mixture training steps (plus half as many pretraining, a third overlap)")
+    parser.add_argument("--learned-width", type=int, default=32, help="--cover learned: width of the residual-MLP charts")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -88,6 +93,15 @@ def run(args) -> int:
 
     if args.landmarks < 2:
         raise ValueError(f"--landmarks must be >= 2, got {args.landmarks}")
+    fitter = None
+    if args.cover == "learned":
+        from ..topology.learned_cover import learned_cover_fitter
+
+        if args.learned_steps < 1:
+            raise ValueError(f"--learned-steps must be >= 1, got {args.learned_steps}")
+        if args.learned_width < 2:
+            raise ValueError(f"--learned-width must be >= 2, got {args.learned_width}")
+        fitter = learned_cover_fitter(args.learned_steps, args.learned_width, progress=True)
     points = load_sphere_points(args)
     if args.core is not None:
         check_core_parameters(len(points), *args.core)
@@ -100,6 +114,7 @@ def run(args) -> int:
         seed=args.seed,
         max_chart_points=args.max_chart_points,
         charts=not args.no_charts,
+        cover_fitter=fitter,
     )
     inputs = {k: v for k, v in vars(args).items() if k != "func"}
     evidence = write_report(result, inputs, args.out, patch_size=None if args.any_points else args.patch_size, title=f"p={args.patch_size}, core={args.core}")

@@ -18,7 +18,7 @@ import torch
 
 from .cover import OWN_ERROR_QUANTILE, ChartCover
 
-__all__ = ["cover_from_chart_mixture", "fit_chart_mixture_cover"]
+__all__ = ["cover_from_chart_mixture", "default_train_config", "fit_chart_mixture_cover", "learned_cover_fitter"]
 
 
 @torch.no_grad()
@@ -73,3 +73,30 @@ def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, conf
     config = config or TrainConfig(seed=seed)
     train_mixture(model, pts, config, progress=progress)
     return cover_from_chart_mixture(model, pts)
+
+
+def default_train_config(seed: int = 0, steps: int = 300):
+    """The schedule used for covers: `steps` mixture steps after steps/2 of pretraining, then
+    steps/3 of the overlap phase (150/300/100 named the torus, Klein bottle and sphere, K = 24)."""
+    from ..charts import TrainConfig
+
+    if int(steps) < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    steps = int(steps)
+    return TrainConfig(pretrain_steps=max(1, steps // 2), mixture_steps=steps, overlap_steps=max(1, steps // 3),
+                       batch_size=128, lr=3e-3, seed_points=3000, log_every=100, seed=seed)
+
+
+def learned_cover_fitter(steps: int = 300, width: int = 32, progress: bool = False):
+    """A cover_fitter(points, K, d, seed) for homology_from_charts / analyse_points that trains FIF
+    charts (residual MLPs of `width`) with default_train_config(seed, steps)."""
+    default_train_config(0, steps)  # checks steps now, not after the first fit
+    if int(width) < 2:
+        raise ValueError(f"width must be >= 2, got {width}")
+
+    def fit(points, n_charts, dim, seed):
+        return fit_chart_mixture_cover(points, n_charts, dim, seed, config=default_train_config(seed, steps),
+                                       width=int(width), progress=progress)
+
+    fit.description = f"learned FIF chart mixture (residual MLP width {int(width)}, {int(steps)} mixture steps)"
+    return fit

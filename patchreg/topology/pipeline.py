@@ -135,8 +135,10 @@ def analyse_points(
     seed: int = 0,
     max_chart_points: int = 8000,
     charts: bool = True,
+    cover_fitter=None,
 ) -> dict:
-    """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict."""
+    """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict.
+    cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts)."""
     points = np.asarray(points, dtype=np.float64)
     if core is not None:
         k, q = core
@@ -151,8 +153,9 @@ def analyse_points(
         subset = core_points
         if len(core_points) > max_chart_points:
             subset = core_points[np.sort(rng.choice(len(core_points), max_chart_points, replace=False))]
-        result["charts"] = homology_from_charts(subset, n_charts, dim, seed)
+        result["charts"] = homology_from_charts(subset, n_charts, dim, seed, cover_fitter=cover_fitter)
         result["charts"]["n_points_used"] = len(subset)
+        result["charts"]["cover_kind"] = getattr(cover_fitter, "description", "local PCA" if cover_fitter is None else "custom")
         result["core_points_for_charts"] = subset
     result["core_points"] = core_points
     return result

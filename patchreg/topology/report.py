@@ -70,6 +70,7 @@ def verdict_json(result: dict, inputs: dict) -> dict:
             "dim": ch["dim"],
             "n_charts": ch["n_charts"],
             "n_points_used": ch["n_points_used"],
+            "cover": ch.get("cover_kind", "local PCA"),
             "k_selection": ch["k_selection"],
             "threshold_scan": _scan_rows(ch["scan"]),
         }
@@ -177,6 +178,7 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
             f"- verdict: {ch['verdict']} (stable over {ch['run_length']} consecutive thresholds, read at tau = {ch['tau']:.3f})",
             f"- Betti Z/2 {ch['betti']['Z2']}, Z/3 {ch['betti']['Z3']}, Euler characteristic {ch['euler_characteristic']}, "
             f"orientable: {ch['orientable']}",
+            f"- cover: {ch['cover']}",
             f"- K = {ch['n_charts']} charts of dimension {ch['dim']} on {ch['n_points_used']} points; K selection: {ch['k_selection']}",
             "",
             "Threshold scan (stability analysis):",
