@@ -297,7 +297,9 @@ def main(argv=None) -> int:
     p.add_argument("--digits-latent", type=int, default=6)
     p.add_argument("--digits-models", default="vae:mlp,fif:mlp,fif:conv", help="family:architecture list")
     args = p.parse_args(argv)
-    command = "PATCHREG_BACKEND=reference .venv/bin/python " + " ".join(["bench/charts_experiments.py", *sys.argv[1:]])
+    backend = os.environ.get("PATCHREG_BACKEND")
+    command = (f"PATCHREG_BACKEND={backend} " if backend else "") + " ".join(
+        [".venv/bin/python", "bench/charts_experiments.py", *(sys.argv[1:] if argv is None else argv)])
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.task == "digits":
         return digits_main(args, command)
