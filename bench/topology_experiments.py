@@ -15,6 +15,7 @@ Example (the report in bench/results/topology.md):
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -47,6 +48,12 @@ def parse_args(argv=None):
     p.add_argument("--patch-sizes", default="3,4,5,6,7,8")
     p.add_argument("--cores", default="300,30;100,30;15,30")
     p.add_argument("--patches-per-image", type=int, default=3000)
+    p.add_argument("--cover", default="pca", choices=["pca", "learned"],
+                   help="images part: local-PCA charts or a learned FIF chart mixture (learned_cover_fitter)")
+    p.add_argument("--charts", default="auto", help="images part: K, or auto (the K-selection loop)")
+    p.add_argument("--chart-dim", default="auto", help="images part: latent dimension, or auto")
+    p.add_argument("--learned-steps", type=int, default=300)
+    p.add_argument("--fig-dir", default=None, help="figures folder (default: topology/ beside --out)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "topology.md"))
     return p.parse_args(argv)
 
@@ -128,11 +135,19 @@ def images_part(args, fig_dir, lines, flush) -> None:
         "| p | points | core | PH Betti Z/2 / Z/3 | PH verdict (gap) | chart verdict | chart Betti Z/2 / Z/3 | K, d | orientable | time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    fitter = None
+    if args.cover == "learned":
+        from patchreg.topology.learned_cover import learned_cover_fitter
+
+        fitter = learned_cover_fitter(args.learned_steps)
+        lines[-4] += f" Chart nerve from a {fitter.description}."
+    n_charts = args.charts if args.charts == "auto" else int(args.charts)
+    dim = args.chart_dim if args.chart_dim == "auto" else int(args.chart_dim)
     for p in tqdm([int(x) for x in args.patch_sizes.split(",")], desc="patch sizes"):
         points = images_to_sphere(images, p, max_patches_per_image=args.patches_per_image, seed=args.seed)
         for k, q in cores:
             start = time.perf_counter()
-            result = analyse_points(points, (k, q), args.landmarks, "auto", "auto", args.seed)
+            result = analyse_points(points, (k, q), args.landmarks, n_charts, dim, args.seed, cover_fitter=fitter)
             ph, ch = result["persistence"], result["charts"]
             tag = f"p{p}_k{k}_q{int(q)}"
             plot_barcodes(ph["barcodes"], fig_dir / f"barcodes_{tag}.png", f"bundled photos, p={p}, X({k},{q})", ph["threshold"])
@@ -144,16 +159,18 @@ def images_part(args, fig_dir, lines, flush) -> None:
                 f"{time.perf_counter() - start:.0f} |"
             )
             flush()
-    lines += ["", "Figures per case in bench/results/topology/: barcodes_pP_kK_qQ.png, klein_pP_kK_qQ.png "
+    lines += ["", f"Figures per case in {fig_dir.relative_to(ROOT) if fig_dir.is_relative_to(ROOT) else fig_dir}/: barcodes_pP_kK_qQ.png, klein_pP_kK_qQ.png "
               "(chart centres on the Klein bottle's fundamental square, nerve edges), patches_pP_kK_qQ.png.", ""]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
-    fig_dir = out.parent / "topology"
+    fig_dir = Path(args.fig_dir) if args.fig_dir else out.parent / "topology"
     fig_dir.mkdir(parents=True, exist_ok=True)
-    command = "PATCHREG_BACKEND=reference .venv/bin/python bench/topology_experiments.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    backend = os.environ.get("PATCHREG_BACKEND")
+    command = (f"PATCHREG_BACKEND={backend} " if backend else "") + ".venv/bin/python bench/topology_experiments.py " + shlex.join(
+        sys.argv[1:] if argv is None else argv)
     sections = {"real": real_part, "models": models_part, "images": images_part}
     lines = ["# Topology of the patch manifold", "", f"Command: `{command}`", "",
              "Machine: 2-core CPU dev machine, no GPU.", ""]
