@@ -3,14 +3,19 @@
 For each case and seed: train a FIF chart mixture (residual-MLP charts, the schedule of
 patchreg.topology.learned_cover.default_train_config) on the points, read its ChartCover and the
 stable nerve verdict over the fixed thresholds of patchreg.topology.pipeline. Cases:
-- synthetic models of patchreg.topology.models (torus, klein, sphere, ...): latent d = 2, --points
-  points sampled with the seed;
+- synthetic models of patchreg.topology.models: surfaces (torus, klein, sphere, projective-plane)
+  with latent d = 2, curves (primary-circle, three-circle, two-circles) with d = 1; --points points
+  sampled with the seed;
 - `real300` / `real15`: the published cores X(300, 30) and X(15, 30) of the van Hateren 3x3 patches
   (../shared/data/carlsson, identical to our recomputed cores, see results/topology.md), curves:
   latent d = 1, --real-points points subsampled with the seed (as the pipeline's max_chart_points).
 
     .venv/bin/python bench/topology_learned_cover.py --cases torus klein sphere --charts 24 --seeds 0 1 2
-    .venv/bin/python bench/topology_learned_cover.py --cases real300 real15 --charts 16 --seeds 0 1 \\
+    .venv/bin/python bench/topology_learned_cover.py --cases primary-circle three-circle --charts 16 \\
+        --seeds 0 1 2 --out bench/results/topology_learned_cover_curves.md
+    .venv/bin/python bench/topology_learned_cover.py --cases projective-plane --charts 24 --seeds 0 1 2 \\
+        --out bench/results/topology_learned_cover_rp2.md
+    .venv/bin/python bench/topology_learned_cover.py --cases real300 real15 --charts 16 --seeds 0 1 2 \\
         --out bench/results/topology_learned_cover_real.md
 Rows are written as they finish (atomic rewrite of --out).
 """
@@ -36,6 +41,7 @@ from patchreg.topology.pipeline import chart_verdict  # noqa: E402
 from patchreg.topology.preprocessing import load_points  # noqa: E402
 
 CARLSSON = ROOT.parent / "shared" / "data" / "carlsson"
+CURVES = ("primary-circle", "three-circle", "two-circles")  # latent d = 1; the other models are surfaces
 REAL = {"real300": ("nk300c30Dct.mat", "X(300,30)", "circle"), "real15": ("nk15c30Dct.mat", "X(15,30)", "three-circle model")}
 
 
@@ -49,7 +55,8 @@ def case_points(case: str, seed: int, n_synthetic: int, n_real: int):
             points = points[np.sort(rng.choice(len(points), n_real, replace=False))]
         return points, truth, 1, f"{label} (van Hateren, {len(points)} pts)"
     points, truth = sample_model(case, n_synthetic, seed=seed)
-    return points, truth, 2, f"{case} ({len(points)} pts)"
+    dim = 1 if case in CURVES else 2
+    return points, truth, dim, f"{case} ({len(points)} pts)"
 
 
 def main(argv=None) -> int:
