@@ -8,6 +8,10 @@
 // op patchreg::charts_log_prob_simt runs this very program without a GPU so that the CPU-only
 // tests check the CUDA kernel's arithmetic (tests/test_charts_op.py).
 //
+// The latent prior and the Cholesky repeat those of charts_kernel.h on purpose: that header is
+// compiled for AVX2 in charts_cpu_avx2.cpp, and an inline function shared with it could be
+// emitted with AVX2 instructions and picked by the linker for every caller.
+//
 // Scratch is strided: value i of a thread lives at base[i * stride]; with thread t's base at
 // scratch + t and stride = number of threads, a warp touches consecutive addresses (coalesced).
 // Threads of a warp share the chart k, so weight reads are broadcasts.

@@ -170,16 +170,21 @@ def test_chart_mixture_uses_the_kernel_without_grad(kernels):
         assert model._fused_chart_log_probs(x, model.sigma, 1.0) is None  # parameters require grad
 
 
-def test_kernel_float32_close_to_float64(kernels, cpu_path):
+def check_float32_close_to_float64(run):
+    """run(x, params, log_alpha, sigma) -> (log p, log p_k, grad): float32 within rounding of float64."""
     params, log_alpha = random_params(6, 12, 3, 32, 2, seed=3)
     x = random_points(70, 12)
-    total, chart, grad = run_op(kernels, x, params, log_alpha, 0.3)
+    total, chart, grad = run(x, params, log_alpha, 0.3)
     p32 = {k: v.float() for k, v in params.items()}
-    total32, chart32, grad32 = run_op(kernels, x.float(), p32, log_alpha.float(), 0.3)
+    total32, chart32, grad32 = run(x.float(), p32, log_alpha.float(), 0.3)
     assert total32.dtype == chart32.dtype == grad32.dtype == torch.float32
     assert_close_rel(total32.double(), total, 2e-5)
     assert_close_rel(chart32.double(), chart, 2e-5)
     assert_close_rel(grad32.double(), grad, 1e-4)
+
+
+def test_kernel_float32_close_to_float64(kernels, cpu_path):
+    check_float32_close_to_float64(lambda *args: run_op(kernels, *args))
 
 
 def test_kernel_threads_do_not_change_results(kernels):
@@ -275,15 +280,7 @@ def test_thread_program_chunks_of_points(thread_impl, monkeypatch):
 
 
 def test_thread_program_float32_close_to_float64(thread_impl):
-    params, log_alpha = random_params(6, 12, 3, 32, 2, seed=3)
-    x = random_points(70, 12)
-    total, chart, grad = run_thread_impl(thread_impl, x, params, log_alpha, 0.3)
-    p32 = {k: v.float() for k, v in params.items()}
-    total32, chart32, grad32 = run_thread_impl(thread_impl, x.float(), p32, log_alpha.float(), 0.3)
-    assert total32.dtype == chart32.dtype == grad32.dtype == torch.float32
-    assert_close_rel(total32.double(), total, 2e-5)
-    assert_close_rel(chart32.double(), chart, 2e-5)
-    assert_close_rel(grad32.double(), grad, 1e-4)
+    check_float32_close_to_float64(lambda *args: run_thread_impl(thread_impl, *args))
 
 
 def test_thread_program_empty_batch_and_singular_jacobian(thread_impl):
