@@ -102,7 +102,7 @@ def write_markdown(runs: list[dict], args, command: str, wall: float) -> Path:
             f"{r['chart_usage']} | {r['train_seconds']:.0f} |"
         )
     lines += ["", "Figures: " + ", ".join(f"`charts_{m}.png`" for m in dict.fromkeys(r["manifold"] for r in runs)), ""]
-    path = RESULTS / "charts.md"
+    path = RESULTS / f"charts{args.suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -282,6 +282,7 @@ def digits_main(args, command: str) -> int:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--suffix", default="", help="toy: appended to the result file names (charts{suffix}.md, ...)")
     p.add_argument("--seeds", type=int, default=1, help="digits: training seeds seed .. seed + seeds - 1")
     p.add_argument("--manifolds", default="circle,two_circles,sphere,torus,swiss_roll,klein_bottle")
     p.add_argument("--families", default="vae,fif")
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
                                  width=args.width, lr=args.lr, train_sigma=args.train_sigma, eps=args.eps))
     jobs.sort(key=lambda j: -j["K"])  # longest first: better packing on the workers
     started = time.time()
-    partial = RESULTS / "charts_toy_partial.jsonl"  # one line per finished run, so an interrupted sweep keeps its runs
+    partial = RESULTS / f"charts_toy_partial{args.suffix}.jsonl"  # one line per finished run, so an interrupted sweep keeps its runs
     partial.write_text("")
     runs = []
     with ProcessPoolExecutor(args.workers) as pool:
@@ -327,9 +328,9 @@ def main(argv=None) -> int:
     order = {name: i for i, name in enumerate(args.manifolds.split(","))}
     runs.sort(key=lambda r: (order[r["manifold"]], r["family"], r["K"]))
     for name in order:
-        plot(name, [r for r in runs if r["manifold"] == name], RESULTS / f"charts_{name}.png")
+        plot(name, [r for r in runs if r["manifold"] == name], RESULTS / f"charts_{name}{args.suffix}.png")
     slim = [{k: v for k, v in r.items() if k not in ("samples", "labels")} for r in runs]
-    (RESULTS / "charts_toy.json").write_text(json.dumps(slim, indent=1) + "\n")
+    (RESULTS / f"charts_toy{args.suffix}.json").write_text(json.dumps(slim, indent=1) + "\n")
     print(write_markdown(runs, args, command, time.time() - started).read_text())
     return 0
 
