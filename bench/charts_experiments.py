@@ -101,7 +101,7 @@ def write_markdown(runs: list[dict], args, command: str, wall: float) -> Path:
             f"{r['coverage']:.3f} | {r['sliced_w2']:.4f} | {r['heldout_nll']:.3f} | {r['sigma']:.4f} | "
             f"{r['chart_usage']} | {r['train_seconds']:.0f} |"
         )
-    lines += ["", "Figures: " + ", ".join(f"`charts_{m}.png`" for m in dict.fromkeys(r["manifold"] for r in runs)), ""]
+    lines += ["", "Figures: " + ", ".join(f"`charts_{m}{args.suffix}.png`" for m in dict.fromkeys(r["manifold"] for r in runs)), ""]
     path = RESULTS / f"charts{args.suffix}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
