@@ -117,15 +117,19 @@ def test_kernel_matches_reference_float64(kernels, cpu_path, K, n, d, width, n_b
     assert torch.equal(total2, total) and torch.equal(chart2, chart) and empty.shape == (B, 0)
 
 
-def test_kernel_other_widths_blocks_and_sigma(kernels, cpu_path):
-    # encoder and decoder of different widths and depths; small sigma (large residual terms)
+def check_other_widths_blocks_and_sigma(run):
+    """Encoder and decoder of different widths and depths, small sigma (large residual terms)."""
     params, log_alpha = random_params(3, 6, 2, 10, 2, dec_width=7, dec_blocks=1, seed=5)
     x = random_points(45, 6)
     r_total, r_chart, r_grad = reference(x, params, log_alpha, 0.05)
-    total, chart, grad = run_op(kernels, x, params, log_alpha, 0.05)
+    total, chart, grad = run(x, params, log_alpha, 0.05)
     assert_close_rel(total, r_total, 1e-11)
     assert_close_rel(chart, r_chart, 1e-11)
     assert_close_rel(grad, r_grad, 1e-10)
+
+
+def test_kernel_other_widths_blocks_and_sigma(kernels, cpu_path):
+    check_other_widths_blocks_and_sigma(lambda *args: run_op(kernels, *args))
 
 
 def test_kernel_matches_chart_mixture_model(kernels):
@@ -259,13 +263,7 @@ def test_thread_program_matches_reference_float64(thread_impl, K, n, d, width, n
 
 
 def test_thread_program_other_widths_blocks_and_sigma(thread_impl):
-    params, log_alpha = random_params(3, 6, 2, 10, 2, dec_width=7, dec_blocks=1, seed=5)
-    x = random_points(45, 6)
-    r_total, r_chart, r_grad = reference(x, params, log_alpha, 0.05)
-    total, chart, grad = run_thread_impl(thread_impl, x, params, log_alpha, 0.05)
-    assert_close_rel(total, r_total, 1e-11)
-    assert_close_rel(chart, r_chart, 1e-11)
-    assert_close_rel(grad, r_grad, 1e-10)
+    check_other_widths_blocks_and_sigma(lambda *args: run_thread_impl(thread_impl, *args))
 
 
 def test_thread_program_chunks_of_points(thread_impl, monkeypatch):
