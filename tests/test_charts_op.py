@@ -206,13 +206,17 @@ def test_kernel_threads_do_not_change_results(kernels):
         assert torch.equal(a, b)
 
 
-def test_kernel_empty_batch_and_singular_jacobian(kernels):
+def check_empty_batch_and_singular_jacobian(run):
     params, log_alpha = random_params(2, 5, 2, 8, 1)
-    total, chart, grad = run_op(kernels, random_points(0, 5), params, log_alpha, 0.3)
+    total, chart, grad = run(random_points(0, 5), params, log_alpha, 0.3)
     assert total.shape == (0,) and chart.shape == (0, 2) and grad.shape == (0, 5)
     params["decoder.output.weight"] = torch.zeros_like(params["decoder.output.weight"])  # J = 0
-    total, chart, grad = run_op(kernels, random_points(3, 5), params, log_alpha, 0.3)
+    total, chart, grad = run(random_points(3, 5), params, log_alpha, 0.3)
     assert torch.isnan(chart).all() and torch.isnan(total).all()  # the reference raises instead
+
+
+def test_kernel_empty_batch_and_singular_jacobian(kernels):
+    check_empty_batch_and_singular_jacobian(lambda *args: run_op(kernels, *args))
 
 
 # --- one thread per (point, chart): the CUDA kernel, and its thread program run on the CPU --------
@@ -222,12 +226,12 @@ def test_kernel_empty_batch_and_singular_jacobian(kernels):
 THREAD_CASES = CASES + [(3, 20, 9, 12, 1, 20)]  # d = 9: more tangent columns than one register tile
 
 
+_OP_NAME = "charts_log_prob"
+
+
 def _has_cuda_kernel():
     return hasattr(torch.ops.patchreg, _OP_NAME) and torch._C._dispatch_has_kernel_for_dispatch_key(
         "patchreg::" + _OP_NAME, "CUDA")
-
-
-_OP_NAME = "charts_log_prob"
 
 
 @pytest.fixture(params=["simt-on-cpu", "cuda"])
@@ -282,12 +286,7 @@ def test_thread_program_float32_close_to_float64(thread_impl):
 
 
 def test_thread_program_empty_batch_and_singular_jacobian(thread_impl):
-    params, log_alpha = random_params(2, 5, 2, 8, 1)
-    total, chart, grad = run_thread_impl(thread_impl, random_points(0, 5), params, log_alpha, 0.3)
-    assert total.shape == (0,) and chart.shape == (0, 2) and grad.shape == (0, 5)
-    params["decoder.output.weight"] = torch.zeros_like(params["decoder.output.weight"])  # J = 0
-    total, chart, grad = run_thread_impl(thread_impl, random_points(3, 5), params, log_alpha, 0.3)
-    assert torch.isnan(chart).all() and torch.isnan(total).all()
+    check_empty_batch_and_singular_jacobian(lambda *args: run_thread_impl(thread_impl, *args))
 
 
 def test_thread_program_opcheck(kernels):
