@@ -87,5 +87,8 @@ ext, build_info = make_extension()
 setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": BuildPyWithSources},
-    package_data={"patchreg": ["_build_info.json"]},
+    # pretrained_weights/: the checkpoints behind `pretrained:NAME` (patchreg/pretrained.py).
+    package_data={
+        "patchreg": ["_build_info.json", "pretrained_weights/*.safetensors", "pretrained_weights/README.md"],
+    },
 )

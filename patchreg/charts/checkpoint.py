@@ -17,9 +17,14 @@ KIND = "charts"
 
 
 def save_mixture(path, model, optimizer=None, generator=None, centers=None, step=None, history=None,
-                 train_config=None, log_alpha_running=None):
+                 train_config=None, log_alpha_running=None, extra_tensors=None, extra_header=None):
+    """Write the model (and, for resumable training, its training state) atomically.
+
+    extra_tensors / extra_header: more entries for models built on a mixture (the patch model of
+    patchreg.priors.patch_charts stores its basis and selector there)."""
     tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
-    header = {"model": model.config}
+    tensors.update(extra_tensors or {})
+    header = {"model": model.config, **(extra_header or {})}
     if optimizer is not None:
         opt_state = optimizer.state_dict()
         for idx, state in opt_state["state"].items():

@@ -25,7 +25,8 @@ FAMILIES = ("vae", "fif")
 
 
 class ChartMixture(nn.Module):
-    def __init__(self, charts: list[Chart], sigma: float = 0.05, config: dict | None = None):
+    def __init__(self, charts: list[Chart], sigma: float = 0.05, config: dict | None = None,
+                 sigma_per_chart: bool = False):
         super().__init__()
         if len(charts) < 1:
             raise ValueError(f"a chart mixture needs K >= 1 charts, got {len(charts)}")
@@ -35,7 +36,11 @@ class ChartMixture(nn.Module):
         self.ambient_dim, self.latent_dim = dims.pop()
         self.charts = nn.ModuleList(charts)
         self.register_buffer("log_alpha", torch.full((len(charts),), -math.log(len(charts))))
-        self.register_buffer("log_sigma", torch.tensor(math.log(sigma)))
+        # one off-manifold noise level for all charts, or one per chart (natural-image patches: flat
+        # and textured regions differ by orders of magnitude in their off-manifold variance)
+        self.sigma_per_chart = bool(sigma_per_chart)
+        shape = (len(charts),) if self.sigma_per_chart else ()
+        self.register_buffer("log_sigma", torch.full(shape, math.log(sigma)))
         self.prior = CompactLatentPrior(self.latent_dim)
         self.config = dict(config or {})
 
@@ -45,7 +50,15 @@ class ChartMixture(nn.Module):
 
     @property
     def sigma(self) -> torch.Tensor:
+        """The off-manifold noise: a scalar, or (K,) with sigma_per_chart."""
         return self.log_sigma.exp()
+
+    @staticmethod
+    def _chart_sigma(sigma, k: int):
+        """Chart k's sigma from a scalar or a (K,) tensor."""
+        if torch.is_tensor(sigma) and sigma.dim() == 1:
+            return sigma[k]
+        return sigma
 
     def _check_x(self, x):
         _checks.check_tensor("x", x, ndim=2)
@@ -60,7 +73,8 @@ class ChartMixture(nn.Module):
         fused = self._fused_chart_log_probs(x, sigma, overlap_scale)
         if fused is not None:
             return fused
-        return torch.stack([c.log_prob(x, self.prior, sigma, overlap_scale) for c in self.charts], dim=-1)
+        return torch.stack([c.log_prob(x, self.prior, self._chart_sigma(sigma, k), overlap_scale)
+                            for k, c in enumerate(self.charts)], dim=-1)
 
     def _fused_chart_log_probs(self, x: torch.Tensor, sigma, overlap_scale: float):
         """The fused kernel's log p_k(x) (patchreg.ops.charts) when it applies, else None.
@@ -84,8 +98,16 @@ class ChartMixture(nn.Module):
         except TypeError:  # other chart families or architectures
             return None
         params = {k: v.to(x.dtype) for k, v in params.items()}
+        log_alpha = self.log_alpha.detach().to(x.dtype)
+        if torch.is_tensor(sigma) and sigma.dim() == 1:  # one sigma per chart: the op takes one, so chart by chart
+            columns = []
+            for k in range(self.n_charts):
+                one = {name: v[k : k + 1] for name, v in params.items()}
+                columns.append(charts_log_prob_fused(x, one, log_alpha[k : k + 1], float(sigma[k].detach()),
+                                                     compute_grad=False)[1])
+            return torch.cat(columns, dim=1)
         sigma = float(sigma) if not torch.is_tensor(sigma) else float(sigma.detach())
-        _, chart_lp, _ = charts_log_prob_fused(x, params, self.log_alpha.detach().to(x.dtype), sigma, compute_grad=False)
+        _, chart_lp, _ = charts_log_prob_fused(x, params, log_alpha, sigma, compute_grad=False)
         return chart_lp
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +157,7 @@ class ChartMixture(nn.Module):
 
 def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int, architecture: str = "mlp",
                   width: int = 64, n_blocks: int = 2, sigma: float = 0.05, beta: float | None = None,
-                  align: str | None = None, coupling_blocks: int = 5) -> ChartMixture:
+                  align: str | None = None, coupling_blocks: int = 5, sigma_per_chart: bool = False) -> ChartMixture:
     """A ChartMixture of `n_charts` built-in charts; the returned model's `config` rebuilds it (checkpoints)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -163,4 +185,6 @@ def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int,
     config = dict(family=family, n_charts=n_charts, ambient_dim=ambient_dim, latent_dim=latent_dim,
                   architecture=architecture, width=width, n_blocks=n_blocks, sigma=sigma, beta=beta,
                   align=align, coupling_blocks=coupling_blocks)
-    return ChartMixture(charts, sigma, config)
+    if sigma_per_chart:  # only recorded when set, so older checkpoints' configs still compare equal
+        config["sigma_per_chart"] = True
+    return ChartMixture(charts, sigma, config, sigma_per_chart=sigma_per_chart)

@@ -141,7 +141,8 @@ def _nonfinite_message(step, phase, what):
 def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3, batch: int = 512) -> None:
     """Set alpha to the mean responsibilities and sigma to its maximum-likelihood value on `points`
     (alternating, starting from `start_sigma`). Evaluated `batch` points at a time (the same values;
-    the exact Jacobians of large batches are slower per point, measured 1.3x at 1348 points)."""
+    the exact Jacobians of large batches are slower per point, measured 1.3x at 1348 points).
+    With model.sigma_per_chart each chart gets its own ML sigma_k^2 = sum_i w_ik r_ik / ((n - d) sum_i w_ik)."""
     codim = model.ambient_dim - model.latent_dim
     chunks = points.split(batch)
     with torch.no_grad():
@@ -151,14 +152,18 @@ def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3,
             model.log_alpha.copy_(torch.log(w.mean(0).clamp_min(1e-12)))
             resid = torch.cat([torch.stack([((chunk - c.decode(c.encode(chunk))) ** 2).sum(-1) for c in model.charts], -1)
                                for chunk in chunks])
-            sigma2 = (w * resid).sum(-1).mean() / codim
+            if getattr(model, "sigma_per_chart", False):
+                sigma2 = (w * resid).sum(0) / (codim * w.sum(0).clamp_min(1e-12))
+            else:
+                sigma2 = (w * resid).sum(-1).mean() / codim
             model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))
 
 
 def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_path=None, resume: bool = False,
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, extra_tensors: dict | None = None, extra_header: dict | None = None) -> list[dict]:
     """Train `model` on `data` (tensor (N, n) or sampler(n, generator)); returns the logged history.
 
+    extra_tensors / extra_header go into every checkpoint (see save_mixture).
     With `checkpoint_path`, the state (model, optimizer, random streams, step, history) is written
     atomically every `checkpoint_every` steps and at the end; `resume=True` continues from it.
     """
@@ -183,7 +188,8 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
     def save(log_alpha_running=None):
         if checkpoint_path is not None:
             save_mixture(checkpoint_path, model, optimizer=optimizer, generator=generator, centers=centers,
-                         step=step, history=history, train_config=asdict(config), log_alpha_running=log_alpha_running)
+                         step=step, history=history, train_config=asdict(config), log_alpha_running=log_alpha_running,
+                         extra_tensors=extra_tensors, extra_header=extra_header)
 
     bar = tqdm(total=config.total_steps, initial=step, disable=not progress, desc="charts", dynamic_ncols=True)
     started = time.time()

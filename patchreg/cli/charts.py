@@ -8,7 +8,13 @@ from pathlib import Path
 
 def register_train(train_kinds) -> None:
     p = train_kinds.add_parser("charts", help="train a mixture of charts (VAE or FIF family) on points or images")
-    p.add_argument("--data", required=True, help="toy:NAME | points:FILE.npy | digits")
+    p.add_argument("--data", required=True,
+                   help="toy:NAME | points:FILE.npy | digits | image patches: train400:train, bundled or images:DIR "
+                        "(with --patch-size)")
+    p.add_argument("--patch-size", type=int, default=None,
+                   help="image data: model p x p patches (mean removed; per-chart noise levels), e.g. 6 or 8")
+    p.add_argument("--selector-points", type=int, default=50_000,
+                   help="image data: patches used to fit the chart selector after training")
     p.add_argument("--family", choices=("vae", "fif"), default="fif")
     p.add_argument("--charts", type=int, default=2, help="number of charts K (>= 1)")
     p.add_argument("--latent-dim", type=int, default=None, help="chart dimension d (< n); default: the toy manifold's")
@@ -56,6 +62,16 @@ def _train(args) -> int:
 
     if args.charts < 1:
         raise ValueError(f"--charts must be >= 1, got {args.charts}")
+    if args.steps < 4:
+        raise ValueError(f"--steps must be >= 4 (a quarter each for pre-training and overlap), got {args.steps}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if not args.train_sigma > 0:
+        raise ValueError(f"--train-sigma must be > 0, got {args.train_sigma}")
+    if _is_image_spec(args.data) or args.patch_size is not None:
+        return _train_patches(args)
     data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1)
     d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
     if d is None:
@@ -80,6 +96,57 @@ def _train(args) -> int:
         return 1
     print(f"trained {args.family} mixture K={args.charts} d={d} on {args.data}: final loss {history[-1]['loss']:.4g}, "
           f"sigma {model.sigma.item():.4g}, alpha {[round(a, 3) for a in model.log_alpha.exp().tolist()]} -> {out}")
+    return 0
+
+
+IMAGE_SPECS = ("train400", "bundled", "images:")
+
+
+def _is_image_spec(spec: str) -> bool:
+    return spec.startswith(IMAGE_SPECS)
+
+
+def _train_patches(args) -> int:
+    """`patchreg train charts --data train400:train --patch-size 6`: a PatchCharts model (patchreg.priors)."""
+    import torch
+
+    from ..charts import TrainConfig, TrainingDiverged
+    from ..data import load_images
+    from ..priors.patch_charts import train_patch_charts
+
+    if not _is_image_spec(args.data):
+        raise ValueError(f"--patch-size needs image data (--data train400:train, bundled or images:DIR), got {args.data!r}")
+    if args.patch_size is None or args.patch_size < 2:
+        raise ValueError(f"--patch-size must be an int >= 2 for image data, got {args.patch_size}")
+    if args.latent_dim is None or not 1 <= args.latent_dim < args.patch_size**2 - 1:
+        raise ValueError(f"--latent-dim is required for image data and must lie in [1, {args.patch_size**2 - 2}], "
+                         f"got {args.latent_dim}")
+    if args.family != "fif":
+        raise ValueError("image patches: only --family fif has a fused kernel for the chart prior; use --family fif")
+    if args.architecture != "mlp":
+        raise ValueError("image patches: the chart prior's fused kernel needs --architecture mlp")
+    if args.selector_points < args.charts:
+        raise ValueError(f"--selector-points must be >= --charts ({args.charts}), got {args.selector_points}")
+    spec = args.data[len("images:"):] if args.data.startswith("images:") else args.data
+    images = load_images(spec, "train")
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
+    q = args.steps // 4
+    config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
+                         lr=args.lr, train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                         seed_points=max(5000, 50 * args.charts))
+    torch.manual_seed(args.seed)
+    try:
+        model = train_patch_charts(images, args.patch_size, args.family, args.charts, args.latent_dim, args.width,
+                                   args.blocks, config, out, resume=args.resume, progress=not args.no_progress,
+                                   selector_points=args.selector_points, seed=args.seed)
+    except TrainingDiverged as exc:
+        print(f"patchreg train charts: {exc}", file=sys.stderr)
+        return 1
+    sigma = model.mixture.sigma
+    print(f"trained patch charts K={args.charts} d={args.latent_dim} on {args.patch_size}x{args.patch_size} patches of "
+          f"{args.data} ({len(images)} images): sigma {float(sigma.min()):.3g}..{float(sigma.max()):.3g} -> {out}")
     return 0
 
 

@@ -15,17 +15,23 @@ from .images import (
     validation_box,
 )
 from . import toy_manifolds
+from .natural import NATURAL_SPLITS, load_set12, load_train400, natural_dir, split_names
 from .patch_sampler import PatchSampler
 
 __all__ = [
     "BUNDLED_SPLITS",
     "IMAGE_EXTENSIONS",
+    "NATURAL_SPLITS",
     "VALIDATION_CROP",
     "PatchSampler",
     "bundled_image",
     "load_bundled",
     "load_folder",
     "load_image",
+    "load_set12",
+    "load_train400",
+    "natural_dir",
+    "split_names",
     "load_images",
     "to_gray_float",
     "to_tensor",

@@ -157,8 +157,21 @@ def load_bundled(split: str, with_names: bool = False):
 
 
 def load_images(spec, split: str = "train") -> list:
-    """The images a command line names: "bundled" (that split of the bundled photos) or a folder."""
-    return load_bundled(split) if str(spec) == "bundled" else load_folder(spec)
+    """The images a command line names: "bundled" (that split of the bundled photos), "train400"
+    (that split of train400, see patchreg.data.natural), "train400:train" / "train400:validation",
+    "set12", or a folder."""
+    spec = str(spec)
+    if spec == "bundled":
+        return load_bundled(split)
+    if spec == "train400" or spec.startswith("train400:"):
+        from .natural import load_train400
+
+        return load_train400(spec.split(":", 1)[1] if ":" in spec else split)
+    if spec == "set12":
+        from .natural import load_set12
+
+        return load_set12()
+    return load_folder(spec)
 
 
 def load_image(path) -> np.ndarray:

@@ -126,10 +126,14 @@ class PatchSampler:
         """Rewind the random stream to the state given by `seed`."""
         self._generator.manual_seed(self.seed)
 
-    def draw_positions(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """n uniform valid positions: image indices (n,) and top-left (row, col) (n, 2), int64, CPU."""
+    def draw_positions(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n uniform valid positions: image indices (n,) and top-left (row, col) (n, 2), int64, CPU.
+
+        generator: a CPU generator to draw with instead of the sampler's own stream (a training loop
+        that checkpoints its generator state then resumes the exact same patches).
+        """
         check_int("n", n, 0)
-        draws = torch.randint(self.num_positions, (n,), generator=self._generator)
+        draws = torch.randint(self.num_positions, (n,), generator=generator or self._generator)
         image_index = torch.searchsorted(self._starts + self._counts, draws, right=True)
         flat = draws - self._starts[image_index]  # position index within its image
         offsets = self._table_offsets[image_index]
@@ -163,9 +167,9 @@ class PatchSampler:
             patches = patches - patches.mean(dim=1, keepdim=True)
         return patches
 
-    def sample(self, n: int) -> torch.Tensor:
-        """n random patches (n, p*p) in one tensor, drawn from the stream."""
-        return self.extract(*self.draw_positions(n))
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n random patches (n, p*p) in one tensor, drawn from the stream (or from `generator`)."""
+        return self.extract(*self.draw_positions(n, generator))
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         count = 0

@@ -20,14 +20,10 @@ Every image of the batch is processed at once; the only Python loop is over GMM 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
-
 from .._checks import check_int, check_tensor
 from ..ops.gmm import gmm_best_component
-from ..ops.patches import aggregate_patches, extract_patches
-from ..physics.solvers import conjugate_gradient
-from ..reference.patches import coverage_count
 from .gmm import GMM
+from .hqs import half_quadratic_splitting
 
 __all__ = ["epll_restore", "default_betas", "wiener_denoise_patches"]
 
@@ -73,25 +69,6 @@ def wiener_denoise_patches(patches: torch.Tensor, gmm: GMM, noise_var: float) ->
 def _best_components(patches: torch.Tensor, params) -> torch.Tensor:
     """argmax_k of the component log-likelihoods, (N,) int64 (no (N, K) matrix on the CPU kernel)."""
     return gmm_best_component(patches, *params)[1]
-
-
-def _is_denoising(physics) -> bool:
-    if physics is None:
-        return True
-    from ..physics.denoising import Denoising
-
-    return isinstance(physics, Denoising) or type(physics).__name__ == "Denoising"
-
-
-def _inpainting_mask(physics):
-    """The pixel mask of an inpainting operator (ours or one with the same shape), else None."""
-    from ..physics.inpainting import Inpainting
-
-    if isinstance(physics, Inpainting) or (
-        type(physics).__name__ == "Inpainting" and isinstance(getattr(physics, "mask", None), torch.Tensor)
-    ):
-        return physics.mask
-    return None
 
 
 def epll_restore(
@@ -143,55 +120,9 @@ def epll_restore(
     if prior_weight not in ("uniform", "coverage"):
         raise ValueError(f"prior_weight must be 'uniform' or 'coverage', got {prior_weight!r}")
 
-    denoising = _is_denoising(physics)
-    mask = None if denoising else _inpainting_mask(physics)
-    if x0 is None:
-        x0 = _default_start(y, physics, denoising, mask)
-    check_tensor("x0", x0, ndim=4)
-    _check_image_against_gmm(x0, gmm, stride)
-    if (denoising or mask is not None) and y.shape != x0.shape:
-        raise ValueError(f"y has shape {tuple(y.shape)} but the image has shape {tuple(x0.shape)}")
+    def denoise_patches(patches, beta):
+        return wiener_denoise_patches(patches, gmm, 1.0 / beta)
 
-    x = x0.to(y.dtype).clone()
-    H, W = x.shape[-2:]
-    count = coverage_count(H, W, gmm.patch_size, stride, x)  # patches covering each pixel
-    if prior_weight == "uniform":
-        count = torch.where(count > 0, count.max(), count)  # the interior coverage; uncovered stay 0
-    data_term = lam * (y if denoising else physics.A_adjoint(y))
-    mask_f = None if mask is None else mask.to(device=x.device, dtype=x.dtype)
-    with torch.no_grad():
-        for beta in tqdm(betas, desc="EPLL", disable=not progress):
-            for _ in range(inner_iters):
-                patches = extract_patches(x, gmm.patch_size, stride)
-                B, L, d = patches.shape
-                z = wiener_denoise_patches(patches.reshape(B * L, d), gmm, 1.0 / beta).reshape(B, L, d)
-                # D zbar, zbar the average of the overlapping patch estimates at each pixel
-                prior_term = beta * count * aggregate_patches(z, (H, W), gmm.patch_size, stride, normalize=True)
-                if denoising:
-                    x = (data_term + prior_term) / (lam + beta * count)
-                elif mask_f is not None:
-                    x = (data_term + prior_term) / (lam * mask_f + beta * count).clamp(min=1e-30)
-                else:
-                    def normal_op(v, beta=beta):
-                        return lam * physics.A_adjoint(physics.A(v)) + beta * count * v
-
-                    x = conjugate_gradient(normal_op, data_term + prior_term, x, cg_iters, cg_tol)
-    return x
-
-
-def _default_start(y, physics, denoising: bool, mask):
-    if denoising:
-        return y
-    if mask is None:
-        return physics.A_adjoint(y)
-    mask = mask.to(device=y.device).expand_as(y)
-    observed_mean = (y * mask).sum(dim=(2, 3), keepdim=True) / mask.sum(dim=(2, 3), keepdim=True).clamp(min=1)
-    return torch.where(mask, y, observed_mean)
-
-
-def _check_image_against_gmm(x: torch.Tensor, gmm: GMM, stride: int) -> None:
-    if x.shape[1] != gmm.channels:
-        raise ValueError(f"the image has {x.shape[1]} channels (dim 1) but the GMM models {gmm.channels}")
-    H, W = x.shape[-2:]
-    if gmm.patch_size > H or gmm.patch_size > W:
-        raise ValueError(f"the GMM's patch_size={gmm.patch_size} is larger than the image ({H}x{W})")
+    return half_quadratic_splitting(y, physics, denoise_patches, gmm.patch_size, gmm.channels, betas, lam, x0=x0,
+                                    inner_iters=inner_iters, stride=stride, prior_weight=prior_weight,
+                                    cg_iters=cg_iters, cg_tol=cg_tol, progress=progress, desc="EPLL", what="GMM")

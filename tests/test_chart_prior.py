@@ -1,0 +1,204 @@
+"""The chart prior (patchreg.priors.chart_prior) and its patch model (patchreg.priors.patch_charts).
+
+Models here are small and untrained (random residual MLP charts with frames seeded on random
+patches): the tests check the arithmetic and the plumbing, not the quality of a trained prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import patchreg
+from patchreg.charts import build_mixture, stack_mlp_charts
+from patchreg.charts.seeding import seed_charts
+from patchreg.charts.stacked import charts_log_prob as stacked_reference
+from patchreg.priors import ChartPrior, PatchCharts, chart_denoise_patches, charts_restore, mean_free_basis
+from patchreg.priors.chart_prior import chart_patch_log_prob, select_charts
+
+
+def _model(patch_size=3, K=4, d=2, dtype=torch.float64, seed=0, selector=True) -> PatchCharts:
+    torch.manual_seed(seed)
+    n = patch_size**2 - 1
+    mixture = build_mixture("fif", K, n, d, "mlp", width=8, n_blocks=1, sigma=0.1, sigma_per_chart=True).to(dtype)
+    gen = torch.Generator().manual_seed(seed)
+    points = 0.3 * torch.randn(400, n, generator=gen, dtype=dtype)
+    seed_charts(mixture, points, gen)
+    with torch.no_grad():
+        mixture.log_sigma.copy_(torch.log(torch.linspace(0.05, 0.3, K, dtype=dtype)))
+        mixture.log_alpha.copy_(torch.log_softmax(torch.randn(K, generator=gen, dtype=dtype), 0))
+    model = PatchCharts(mixture, patch_size).to(dtype)
+    if selector:
+        model.fit_selector(points)
+    return model
+
+
+def _exact_log_prob(model: PatchCharts, coords: torch.Tensor) -> torch.Tensor:
+    """All K charts at once by the stacked pure-torch reference, per-chart sigma as a (K,) tensor."""
+    params = stack_mlp_charts(model.mixture)
+    return stacked_reference(coords, params, model.mixture.log_alpha, model.mixture.sigma)
+
+
+def test_mean_free_basis_is_orthonormal_and_drops_the_mean():
+    B = mean_free_basis(36)
+    assert B.shape == (36, 35)
+    torch.testing.assert_close(B.T @ B, torch.eye(35, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(B.T @ torch.ones(36, dtype=torch.float64), torch.zeros(35, dtype=torch.float64),
+                               atol=1e-12, rtol=0)
+    x = torch.randn(5, 36, dtype=torch.float64)
+    centred = x - x.mean(1, keepdim=True)
+    torch.testing.assert_close((x @ B) @ B.T, centred)  # coordinates keep everything but the mean
+
+
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+def test_all_charts_kept_is_exact(backend):
+    model = _model()
+    coords = 0.3 * torch.randn(200, 8, dtype=torch.float64)
+    with patchreg.use_backend(backend):
+        log_p, grad = chart_patch_log_prob(model, coords, top_charts=None)
+    xr = coords.clone().requires_grad_(True)
+    exact = _exact_log_prob(model, xr)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), xr)
+    torch.testing.assert_close(log_p, exact.detach(), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grad, exact_grad, atol=1e-9, rtol=1e-9)
+
+
+def test_keeping_every_chart_through_the_selector_equals_all_charts():
+    model = _model()
+    coords = 0.3 * torch.randn(100, 8, dtype=torch.float64)
+    full, full_grad = chart_patch_log_prob(model, coords, top_charts=None)
+    assert select_charts(model, coords, model.n_charts) is None
+    sel = torch.arange(model.n_charts).expand(100, -1)  # an explicit selection of every chart, in any order
+    same, same_grad = chart_patch_log_prob(model, coords, selection=sel.flip(1).contiguous())
+    torch.testing.assert_close(same, full, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(same_grad, full_grad, atol=1e-12, rtol=1e-12)
+
+
+def test_selection_is_a_lower_bound_and_matches_the_kept_charts():
+    model = _model(K=6)
+    coords = 0.3 * torch.randn(300, 8, dtype=torch.float64)
+    full, _ = chart_patch_log_prob(model, coords, top_charts=None)
+    top2, _ = chart_patch_log_prob(model, coords, top_charts=2)
+    assert bool((top2 <= full + 1e-12).all())  # dropping charts can only lower the mixture density
+    # exact over the kept charts: logsumexp of alpha_k p_k over the selection
+    chart_lp = stacked_reference(coords, stack_mlp_charts(model.mixture), model.mixture.log_alpha,
+                                 model.mixture.sigma, return_chart_log_probs=True)[1]
+    sel = select_charts(model, coords, 2)
+    kept = torch.logsumexp((model.mixture.log_alpha + chart_lp).gather(1, sel), dim=1)
+    torch.testing.assert_close(top2, kept, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("n_patches", [None, 50])
+def test_nll_and_gradient_match_the_reference_path_in_float64(n_patches):
+    model = _model()
+    x = torch.rand(2, 1, 12, 11, dtype=torch.float64)
+    values, grads = [], []
+    for backend in ("extension", "reference"):
+        prior = ChartPrior(model, n_patches=n_patches, top_charts=2, seed=3)
+        xr = x.clone().requires_grad_(True)
+        with patchreg.use_backend(backend):
+            r = prior.nll(xr)
+            r.sum().backward()
+        values.append(r.detach())
+        grads.append(xr.grad)
+    assert values[0].shape == (2,)
+    torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+
+
+def test_nll_equals_patchwise_exact_density():
+    model = _model()
+    x = torch.rand(1, 1, 9, 10, dtype=torch.float64)
+    prior = ChartPrior(model, top_charts=None, reduction="sum")
+    patches = patchreg.extract_patches(x, 3)[0]
+    expected = -_exact_log_prob(model, patches @ model.basis).sum()
+    torch.testing.assert_close(prior.nll(x)[0], expected.detach(), atol=1e-9, rtol=1e-9)
+
+
+def test_gradcheck_small_image():
+    model = _model()
+    prior = ChartPrior(model, top_charts=None, stride=2)
+    x = torch.rand(1, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: prior.nll(v), (x,), eps=1e-6, atol=1e-6)
+
+
+def test_bad_inputs_raise_before_work():
+    model = _model()
+    prior = ChartPrior(model)
+    with pytest.raises(ValueError, match="channels"):
+        prior.nll(torch.rand(1, 3, 10, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="smaller than"):
+        prior.nll(torch.rand(1, 1, 2, 10, dtype=torch.float64))
+    bad = torch.rand(1, 1, 10, 10, dtype=torch.float64)
+    bad[0, 0, 3, 3] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        prior.nll(bad)
+    with pytest.raises(ValueError, match="x must be 4-D"):
+        prior.nll(torch.rand(10, 10, dtype=torch.float64))
+    with pytest.raises(ValueError, match="top_charts"):
+        ChartPrior(model, top_charts=0)
+    with pytest.raises(ValueError, match="selector"):
+        ChartPrior(_model(selector=False), top_charts=2)
+    with pytest.raises(TypeError, match="PatchCharts"):
+        ChartPrior(model.mixture)
+    with pytest.raises(ValueError, match="patches must have last dimension 9"):
+        model.coords(torch.rand(4, 16, dtype=torch.float64))
+
+
+def test_checkpoint_round_trip_and_wrong_kind(tmp_path):
+    model = _model(dtype=torch.float32)
+    path = model.save(tmp_path / "charts.safetensors")
+    loaded = PatchCharts.load(path)
+    coords = 0.3 * torch.randn(50, 8)
+    torch.testing.assert_close(loaded.mixture.log_prob(coords), model.mixture.log_prob(coords))
+    torch.testing.assert_close(loaded.selector_means, model.selector_means)
+    assert loaded.patch_size == 3
+    # a chart mixture on points is not a patch model
+    from patchreg.charts import save_mixture
+
+    save_mixture(tmp_path / "points.safetensors", model.mixture)
+    with pytest.raises(ValueError, match="not on image patches"):
+        PatchCharts.load(tmp_path / "points.safetensors")
+    from patchreg.priors import GMM
+
+    GMM(2, 3).save(tmp_path / "gmm.safetensors")
+    with pytest.raises(ValueError, match="'gmm' checkpoint, expected 'charts'"):
+        PatchCharts.load(tmp_path / "gmm.safetensors")
+
+
+def test_denoise_patches_shrinks_toward_the_charts_and_keeps_the_mean():
+    model = _model()
+    gen = torch.Generator().manual_seed(1)
+    patches = torch.rand(64, 9, generator=gen, dtype=torch.float64)
+    tiny = chart_denoise_patches(model, patches, 1e-12, top_charts=2)
+    torch.testing.assert_close(tiny, patches, atol=1e-8, rtol=0)  # no noise: nothing to remove
+    out = chart_denoise_patches(model, patches, 0.5, top_charts=None, combine="best")
+    torch.testing.assert_close(out.mean(1), patches.mean(1))
+    # with noise the estimate moves toward the learned manifolds: smaller residual to the projection
+    coords = model.coords(patches)
+    mix = model.mixture
+    best = mix.assign(coords)
+    proj = torch.stack([mix.charts[int(k)].decode(mix.charts[int(k)].encode(c[None]))[0] for k, c in zip(best, coords)])
+    before = (coords - proj).norm(dim=1)
+    after_coords = model.coords(out)
+    assert float((after_coords - proj).norm(dim=1).mean()) < float(before.mean())
+
+
+def test_charts_restore_denoises_and_validates():
+    model = _model()
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=gen, dtype=torch.float64), 3, 1, 1)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    out = charts_restore(noisy, None, model, 0.1)
+    assert out.shape == clean.shape and bool(torch.isfinite(out).all())
+    assert float(((out - clean) ** 2).mean()) < float(((noisy - clean) ** 2).mean())
+    with pytest.raises(ValueError, match="sigma"):
+        charts_restore(noisy, None, model, -1.0)
+    with pytest.raises(ValueError, match="betas"):
+        charts_restore(noisy, None, model, 0.1, betas=[])
+    bad = noisy.clone()
+    bad[0, 0, 0, 0] = math.inf
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        charts_restore(bad, None, model, 0.1)
