@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <tuple>
 #include <vector>
 
@@ -38,6 +40,46 @@ inline int64_t grain_for(int64_t work_per_item) {
 // otherwise cost more than the copy itself (measured: filling a fresh 65 MB tensor ~100 ms here,
 // refilling it ~15 ms). Smaller outputs usually come from glibc's heap, already faulted in, where
 // huge-page compaction stalls were measured to cost more than they save.
+//
+// Freed blocks go back to a small pool and are handed out again for the next output of the same
+// size: a regularizer extracts the same patch matrix in every iteration, and a fresh block costs
+// page faults each time, plus, in about one process in five, a direct memory compaction for its
+// huge pages (measured 85 ms against 9 ms for 512x512, p = 8). Reused memory is already faulted
+// in, so only the first call of a size pays. The pool keeps at most kMaxPooledBytes.
+class HugeBlockPool {
+ public:
+  static HugeBlockPool& instance() {
+    static HugeBlockPool* pool = new HugeBlockPool();  // never destroyed: tensors may outlive statics
+    return *pool;
+  }
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.find(bytes);
+    if (it == free_.end()) return nullptr;
+    void* ptr = it->second;
+    free_.erase(it);
+    pooled_ -= bytes;
+    return ptr;
+  }
+  void give(void* ptr, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (pooled_ + bytes <= kMaxPooledBytes) {
+        free_.emplace(bytes, ptr);
+        pooled_ += bytes;
+        return;
+      }
+    }
+    free(ptr);
+  }
+
+ private:
+  static constexpr size_t kMaxPooledBytes = size_t(512) << 20;
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t pooled_ = 0;
+};
+
 at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   int64_t numel = 1;
   for (int64_t n : sizes) numel *= n;
@@ -46,10 +88,12 @@ at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options)
   constexpr size_t kHuge = size_t(2) << 20;
   if (bytes >= 16 * kHuge) {
     const size_t rounded = (bytes + kHuge - 1) / kHuge * kHuge;
-    void* ptr = nullptr;
-    if (posix_memalign(&ptr, kHuge, rounded) == 0) {
+    void* ptr = HugeBlockPool::instance().take(rounded);
+    if (ptr == nullptr && posix_memalign(&ptr, kHuge, rounded) == 0) {
       madvise(ptr, rounded, MADV_HUGEPAGE);
-      return at::from_blob(ptr, sizes, [](void* q) { free(q); }, options);
+    }
+    if (ptr != nullptr) {
+      return at::from_blob(ptr, sizes, [rounded](void* q) { HugeBlockPool::instance().give(q, rounded); }, options);
     }
   }
 #endif

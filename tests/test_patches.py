@@ -406,3 +406,23 @@ def test_backend_switch_restores_and_validates():
     assert patchreg.get_backend() == before
     with pytest.raises(ValueError, match="backend must be one of"):
         patchreg.set_backend("fast")
+
+
+def test_large_outputs_reuse_pooled_memory_without_aliasing():
+    """Outputs >= 32 MB come from a pool of reused blocks (csrc/patches_cpu.cpp): a block must never be
+    handed out while a tensor still holds it, and a reused block must be fully overwritten."""
+    if patchreg.get_backend() != "extension":
+        pytest.skip("the pool lives in the compiled kernels")
+    x1, x2, x3 = (torch.rand(1, 1, 1024, 1024, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    a = patchreg.extract_patches(x1, 3)  # 37 MB: pooled size class
+    assert a.numel() * 4 >= 32 << 20
+    b = patchreg.extract_patches(x2, 3)  # a is alive: must get another block
+    assert a.data_ptr() != b.data_ptr()
+    expected_a, expected_b = reference.extract_patches(x1, 3, 1, False)[0], reference.extract_patches(x2, 3, 1, False)[0]
+    torch.testing.assert_close(a, expected_a, rtol=0, atol=0)
+    ptr = a.data_ptr()
+    del a
+    c = patchreg.extract_patches(x3, 3)  # may reuse a's block: every value must be x3's
+    torch.testing.assert_close(c, reference.extract_patches(x3, 3, 1, False)[0], rtol=0, atol=0)
+    torch.testing.assert_close(b, expected_b, rtol=0, atol=0)
+    assert c.data_ptr() == ptr  # the freed block was reused (no fresh page faults)

@@ -61,6 +61,9 @@ class TrainConfig:
     overlap_scale: float = 1.5
     detach_responsibilities: bool = True
     alpha_momentum: float = 0.95
+    # mixture/overlap phases with detached responsibilities: chart k's loss is evaluated only on the points
+    # whose responsibility w_ik exceeds this (0 = every point); the dropped terms weigh < floor each
+    responsibility_floor: float = 0.0
     seed: int = 0
     seed_points: int = 5000
     checkpoint_every: int = 0
@@ -118,7 +121,9 @@ def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
         total = sum(c.training_loss(x, model.prior, sigma, 1.0, generator, rows=(labels == k).nonzero()[:, 0]).sum()
                     for k, c in enumerate(model.charts))
         return total / len(x), torch.nn.functional.one_hot(labels, model.n_charts).to(x.dtype)
-    losses = torch.stack([c.training_loss(x, model.prior, sigma, 1.0, generator) for c in model.charts], dim=-1)
+    sparse = config.detach_responsibilities and config.responsibility_floor > 0
+    losses = None if sparse else torch.stack([c.training_loss(x, model.prior, sigma, 1.0, generator)
+                                              for c in model.charts], dim=-1)
     with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
         # Detached and unscaled: the fused per-chart kernel computes every chart at once.
         fused = model._fused_chart_log_probs(x, sigma, scale) if config.detach_responsibilities else None
@@ -128,6 +133,13 @@ def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
     w = torch.softmax(model.log_alpha + scores, dim=-1)
     if config.detach_responsibilities:
         w = w.detach()
+    if sparse:  # each chart's loss on its responsible points only (same random draws, see training_loss)
+        total = x.new_zeros(())
+        for k, c in enumerate(model.charts):
+            rows = (w[:, k] > config.responsibility_floor).nonzero()[:, 0]
+            if rows.numel():
+                total = total + (w[rows, k] * c.training_loss(x, model.prior, sigma, 1.0, generator, rows=rows)).sum()
+        return total / len(x), w
     return (w * losses).sum(-1).mean(), w.detach()
 
 

@@ -13,6 +13,9 @@ def register_train(train_kinds) -> None:
                         "(with --patch-size)")
     p.add_argument("--patch-size", type=int, default=None,
                    help="image data: model p x p patches (mean removed; per-chart noise levels), e.g. 6 or 8")
+    p.add_argument("--responsibility-floor", type=float, default=1e-3,
+                   help="image data: a chart's loss is evaluated only where its responsibility exceeds this "
+                        "(0: every point; patches are nearly hard-assigned, so this saves most of the work)")
     p.add_argument("--selector-points", type=int, default=50_000,
                    help="image data: patches used to fit the chart selector after training")
     p.add_argument("--family", choices=("vae", "fif"), default="fif")
@@ -135,7 +138,7 @@ def _train_patches(args) -> int:
     q = args.steps // 4
     config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
                          lr=args.lr, train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         seed_points=max(5000, 50 * args.charts))
+                         seed_points=max(5000, 50 * args.charts), responsibility_floor=args.responsibility_floor)
     torch.manual_seed(args.seed)
     try:
         model = train_patch_charts(images, args.patch_size, args.family, args.charts, args.latent_dim, args.width,

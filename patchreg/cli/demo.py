@@ -84,6 +84,10 @@ DEMO_STAGES.append(("patch operators", patch_operator_stage))
 
 
 def run(args) -> int:
+    if not 0 < args.sigma < 255:
+        raise ValueError(f"--sigma must lie in (0, 255) (the 0-255 scale), got {args.sigma}")
+    if args.patchnr_patches < 1 or args.patchnr_steps < 1:
+        raise ValueError("--patchnr-patches and --patchnr-steps must be >= 1")
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,9 +107,7 @@ def register(commands) -> None:
     parser.add_argument("--out", default="demo_out", help="report folder (default: demo_out)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch-size", type=int, default=8, help="patch size of the operator stage")
-    parser.add_argument("--sigma", type=float, default=25.0, help="EPLL noise level on the 0-255 scale")
-    parser.add_argument("--gmm-components", type=int, default=20)
-    parser.add_argument("--gmm-patch-size", type=int, default=6)
-    parser.add_argument("--gmm-iters", type=int, default=10)
-    parser.add_argument("--gmm-patches", type=int, default=100_000, help="patches per EM iteration")
+    parser.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0-255 scale")
+    parser.add_argument("--patchnr-patches", type=int, default=10_000, help="PatchNR: random patches per iteration")
+    parser.add_argument("--patchnr-steps", type=int, default=100, help="PatchNR: Adam iterations")
     parser.set_defaults(func=run)

@@ -1,0 +1,220 @@
+"""Speed, memory and selection error of the chart prior R(x) = mean_i -log p(P_i x), side by side in one run.
+
+Rows (value plus gradient of R for one image, all overlapping patches, stride 1):
+  - extension: the fused patch ops, the fused GMM kernel for the selector and the fused chart kernel;
+  - reference: the same algorithm on patchreg's pure-PyTorch path (patchreg.use_backend("reference"));
+  - EPLL's GMM.nll (value plus autograd gradient, fused GMM kernel) for scale.
+The contenders alternate within every round (machine noise hits them alike); medians are reported.
+Selection error: |log p(top m charts) - log p(all K charts)| per patch over the test image's patches
+(a lower bound, so the error is one-sided), for m = 1, 2, 4.
+Memory: peak resident memory (VmHWM) of a fresh process evaluating R and its gradient on a
+512x512 image, minus its peak just before. Extraction robustness: `extract_patches` of a 512x512
+image with p = 8 in --fresh fresh processes (first call and the median of 5 later calls) next to
+F.unfold.
+
+    python bench/chart_prior_speed.py --checkpoint pretrained:charts --rounds 3 --out bench/results/chart_prior_speed.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import patchreg  # noqa: E402
+from patchreg.data import load_set12, to_tensor  # noqa: E402
+from patchreg.priors import GMM, ChartPrior, PatchCharts  # noqa: E402
+from patchreg.priors.chart_prior import chart_patch_log_prob  # noqa: E402
+
+
+def resolve(spec):
+    try:
+        from patchreg.pretrained import resolve_checkpoint
+
+        return resolve_checkpoint(spec)
+    except ImportError:
+        return Path(spec)
+
+
+def value_and_grad(prior, x):
+    xr = x.clone().requires_grad_(True)
+    r = prior.nll(xr)
+    r.sum().backward()
+    return float(r.detach()[0]), xr.grad
+
+
+def time_once(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def test_image(size=256, seed=0):
+    image = next(im for im in load_set12() if im.shape == (size, size))
+    clean = to_tensor(image, torch.float32)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed)) * (25 / 255)
+    return clean + noise
+
+
+def speed_rows(model, gmm, rounds, top):
+    x = test_image()
+    prior = ChartPrior(model, top_charts=top)
+    contenders = {
+        "chart prior, extension": lambda: value_and_grad(prior, x),
+        "chart prior, reference (pure PyTorch)": lambda: _with_reference(lambda: value_and_grad(prior, x)),
+    }
+    if gmm is not None:
+        contenders["EPLL GMM.nll (K=%d), extension" % gmm.n_components] = lambda: value_and_grad(gmm, x)
+    for fn in contenders.values():  # warm-up (weights cast, allocator)
+        fn()
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, fn in contenders.items():
+            times[name].append(time_once(fn))
+    v_ext, g_ext = value_and_grad(prior, x)
+    v_ref, g_ref = _with_reference(lambda: value_and_grad(prior, x))
+    agreement = dict(value=abs(v_ext - v_ref) / abs(v_ref), grad=float((g_ext - g_ref).abs().max() / g_ref.abs().max()))
+    return {name: statistics.median(t) for name, t in times.items()}, agreement
+
+
+def _with_reference(fn):
+    with patchreg.use_backend("reference"):
+        return fn()
+
+
+def selection_error(model, tops):
+    x = test_image()
+    patches = patchreg.extract_patches(x, model.patch_size)[0]
+    coords = model.coords(patches)
+    exact, _ = chart_patch_log_prob(model, coords, top_charts=None, compute_grad=False)
+    rows = {}
+    for m in tops:
+        approx, _ = chart_patch_log_prob(model, coords, top_charts=m, compute_grad=False)
+        err = (exact - approx).double()
+        rows[m] = dict(mean=float(err.mean()), p99=float(err.quantile(0.99)), max=float(err.max()),
+                       R_error=float(err.mean()))
+    return rows
+
+
+_MEMORY_CHILD = r"""
+import sys, torch
+sys.path.insert(0, {root!r})
+from patchreg.priors import ChartPrior, PatchCharts
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) / 1024
+model = PatchCharts.load({path!r})
+prior = ChartPrior(model, top_charts={top})
+x = torch.rand(1, 1, 64, 64)
+prior.nll(x.requires_grad_(True)).sum().backward()
+x = torch.rand(1, 1, 512, 512)
+before = hwm()
+xr = x.clone().requires_grad_(True)
+prior.nll(xr).sum().backward()
+print(hwm() - before)
+"""
+
+_EXTRACT_CHILD = r"""
+import sys, time, statistics, torch
+sys.path.insert(0, {root!r})
+import patchreg
+torch.manual_seed(0)
+x = torch.rand(1, 1, 512, 512)
+def t(fn):
+    s = time.perf_counter(); fn(); return time.perf_counter() - s
+first = t(lambda: patchreg.extract_patches(x, 8))
+later = statistics.median(t(lambda: patchreg.extract_patches(x, 8)) for _ in range(5))
+ufirst = t(lambda: torch.nn.functional.unfold(x, 8))
+ulater = statistics.median(t(lambda: torch.nn.functional.unfold(x, 8)) for _ in range(5))
+print(first, later, ufirst, ulater)
+"""
+
+
+def peak_memory_mb(path, top):
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD.format(root=str(ROOT), path=str(path), top=top)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def extraction_spread(n):
+    rows = []
+    for _ in range(n):
+        out = subprocess.run([sys.executable, "-c", _EXTRACT_CHILD.format(root=str(ROOT))], capture_output=True,
+                             text=True, check=True)
+        rows.append([float(v) * 1000 for v in out.stdout.split()])
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default="pretrained:charts")
+    ap.add_argument("--gmm", default="pretrained:gmm", help="GMM checkpoint for the EPLL row ('' to skip)")
+    ap.add_argument("--top", type=int, default=2, help="charts kept per patch")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--fresh", type=int, default=10, help="fresh processes for the extraction spread")
+    ap.add_argument("--out", default="bench/results/chart_prior_speed.md")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    path = resolve(args.checkpoint)
+    model = PatchCharts.load(path)
+    gmm = GMM.load(resolve(args.gmm)) if args.gmm else None
+    times, agreement = speed_rows(model, gmm, args.rounds, args.top)
+    errors = selection_error(model, [1, 2, 4])
+    memory = peak_memory_mb(path, args.top)
+    spread = extraction_spread(args.fresh)
+    K, d = model.n_charts, model.mixture.latent_dim
+    ext = times["chart prior, extension"]
+    ref = times["chart prior, reference (pure PyTorch)"]
+    lines = [
+        "# Chart prior: value plus gradient of R on a 256x256 image",
+        "",
+        f"Command: `python bench/chart_prior_speed.py --checkpoint {args.checkpoint} --top {args.top} --rounds {args.rounds}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
+        f"{torch.__version__}; load average before the run: {', '.join(f'{v:.1f}' for v in os.getloadavg())}.",
+        f"Model: {path.name}, K = {K} charts, d = {d}, {model.patch_size}x{model.patch_size} patches; image: the first "
+        f"256x256 Set12 image plus noise of sigma 25/255; all 63001 patches (stride 1), top {args.top} charts per patch; "
+        f"float32; medians of {args.rounds} interleaved rounds.",
+        f"Extension vs reference: relative difference {agreement['value']:.1e} in R, {agreement['grad']:.1e} in the gradient (max).",
+        "",
+        "| contender | value + gradient, ms |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {1000 * t:.0f} |" for name, t in times.items()]
+    lines += ["", f"**reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms.", ""]
+    lines += ["## Error of chart selection (nats per patch, log p(all charts) - log p(top m))", "",
+              "| m | mean (= error in R) | 99th percentile | max |", "|---|---|---|---|"]
+    lines += [f"| {m} | {e['mean']:.2e} | {e['p99']:.2e} | {e['max']:.2e} |" for m, e in errors.items()]
+    lines += ["", f"## Peak memory, 512x512 image, value + gradient: {memory:.0f} MB above the process's earlier peak "
+              "(goal < 1 GB)", ""]
+    lines += ["## extract_patches, 512x512, p = 8, fresh processes (ms)", "",
+              "| process | extract first call | extract later (median of 5) | F.unfold first | F.unfold later |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {i} | {a:.1f} | {b:.1f} | {c:.1f} | {e:.1f} |" for i, (a, b, c, e) in enumerate(spread)]
+    firsts = [r[0] for r in spread]
+    laters = [r[1] for r in spread]
+    lines += ["", f"extract first call: median {statistics.median(firsts):.1f} ms, max {max(firsts):.1f} ms; later calls: "
+              f"median {statistics.median(laters):.1f} ms, max {max(laters):.1f} ms.", ""]
+    text = "\n".join(lines)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    out.with_suffix(".json").write_text(json.dumps(dict(times=times, agreement=agreement, selection_error=errors,
+                                                        peak_memory_mb=memory, extraction_ms=spread), indent=1))
+
+
+if __name__ == "__main__":
+    main()
