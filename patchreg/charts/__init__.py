@@ -13,8 +13,9 @@ projection and chart assignment.
 Modules: latent_prior (compact radial prior), coupling (invertible net of the VAE charts),
 architectures (residual MLP, conv ResNet), chart (frame, exact chart density), vae_chart / fif_chart
 (the two families and their losses), mixture (ChartMixture, build_mixture), seeding (k-means),
-training (phases, responsibilities, NaN guard), checkpoint (kind "charts"), stacked (all-K reference
-`charts_log_prob`; its fused kernel is `charts_log_prob_fused`, patchreg.ops.charts), metrics,
+training (phases, responsibilities, NaN guard), checkpoint (kind "charts"), stacked (`stack_mlp_charts`,
+the stacked weights of all K charts for the all-K reference `charts_log_prob`, which lives in
+patchreg.reference.charts, and its fused kernel `charts_log_prob_fused`, patchreg.ops.charts), metrics,
 datasets (data specs of the CLI).
 Custom encoder/decoder pairs: ChartMixture([FreeFormChart(enc, dec, n, d), ...]); such a model is
 saved with save_mixture, but load_mixture can only rebuild built-in architectures (build the model

@@ -13,11 +13,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..reference.chart_math import _silu_grad
+
 
 class ResidualMLP(nn.Module):
     """x -> W_out silu(h_L) + b_out with h_0 = W_in x + b_in, h_{l+1} = h_l + L2(silu(L1(silu(h_l)))).
 
-    The layout is fixed (patchreg.charts.stacked evaluates K such networks with stacked weights).
+    The layout is fixed (patchreg.reference.charts evaluates K such networks with stacked weights).
     """
 
     def __init__(self, dim_in: int, dim_out: int, width: int = 64, n_blocks: int = 2):
@@ -52,11 +54,6 @@ class ResidualMLP(nn.Module):
             h = h + second(F.silu(b))
             t = t + second.weight @ (_silu_grad(b).unsqueeze(-1) * tb)
         return self.output(F.silu(h)), self.output.weight @ (_silu_grad(h).unsqueeze(-1) * t)
-
-
-def _silu_grad(h: torch.Tensor) -> torch.Tensor:
-    s = torch.sigmoid(h)
-    return s * (1 + h * (1 - s))
 
 
 # -- convolutional ResNet -------------------------------------------------------------------

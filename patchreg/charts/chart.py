@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from ..reference.chart_math import gram_logdet  # defined at the reference level, re-exported here
+
 ALIGNMENTS = ("pca", "center", "none")
 
 
@@ -32,13 +34,6 @@ def decoder_jacobian(decode, z: torch.Tensor) -> torch.Tensor:
         tangent[..., j] = 1
         columns.append(torch.func.jvp(decode, (z,), (tangent,))[1])
     return torch.stack(columns, dim=-1)
-
-
-def gram_logdet(jac: torch.Tensor) -> torch.Tensor:
-    """log det(J^T J) for J (..., n, d) by Cholesky (J has full column rank on a chart)."""
-    gram = jac.transpose(-1, -2) @ jac
-    chol = torch.linalg.cholesky(gram)
-    return 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
 
 
 class Chart(nn.Module):

@@ -8,39 +8,26 @@ so each chart lives on about the unit ball of R^d. p_Z(z) = exp(-U(|z|)) / Z_d, 
 computed once by 1-D quadrature in the radius. `overlap_scale` s evaluates U(s |z|): the
 overlap phase uses s = 1.5 so that points near a chart's border are handed to its neighbours
 (see mixture training).
+
+U (`radial_energy`), log Z_d (`log_normalizer`) and their constants are defined in
+patchreg.reference.chart_math (the reference of the fused chart op uses them too) and
+re-exported here.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from scipy import integrate, special
 
-FLAT_RADIUS = 0.8
-BORDER_LOG_DENSITY = math.log(0.05)
-_BORDER_ENERGY = -BORDER_LOG_DENSITY
-_OUTER_SLOPE = 2 * _BORDER_ENERGY / (1 - FLAT_RADIUS)
-
-
-def radial_energy(r: torch.Tensor) -> torch.Tensor:
-    """U(r) elementwise (r >= 0)."""
-    ramp = _BORDER_ENERGY * ((r - FLAT_RADIUS).clamp(0, 1 - FLAT_RADIUS) / (1 - FLAT_RADIUS)) ** 2
-    return ramp + _OUTER_SLOPE * (r - 1).clamp_min(0)
-
-
-def _radial_energy_np(r):
-    return radial_energy(torch.as_tensor(r, dtype=torch.float64)).numpy()
-
-
-def log_normalizer(dim: int) -> float:
-    """log Z_d = log of the integral of exp(-U(|z|)) over R^d."""
-    sphere_area = 2 * math.pi ** (dim / 2) / special.gamma(dim / 2)
-    f = lambda r: math.exp(-float(_radial_energy_np(r))) * r ** (dim - 1)
-    pieces = [(0, FLAT_RADIUS), (FLAT_RADIUS, 1.0), (1.0, 1.0 + 40 / _OUTER_SLOPE)]
-    total = sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-11)[0] for a, b in pieces)
-    return math.log(sphere_area * total)
+from ..reference.chart_math import (  # noqa: F401  (re-exported)
+    _BORDER_ENERGY,
+    _OUTER_SLOPE,
+    BORDER_LOG_DENSITY,
+    FLAT_RADIUS,
+    _radial_energy_np,
+    log_normalizer,
+    radial_energy,
+)
 
 
 class CompactLatentPrior:

@@ -1,23 +1,20 @@
-"""Pure-torch reference for all K charts at once, for charts built from the built-in ResidualMLP.
+"""All K charts at once, for charts built from the built-in ResidualMLP: `stack_mlp_charts` stacks
+the K charts' weights along a leading K axis, the dict that the all-K reference `charts_log_prob`
+and its fused kernel (`charts_log_prob_fused`, patchreg.ops.charts) take.
 
-The K charts' weights are stacked along a leading K axis (`stack_mlp_charts`), and
-`charts_log_prob` evaluates, for a batch x (B, n): frame, encoder, decoder, decoder Jacobian
-(hand-written forward mode), log det of the d x d Gram matrix, residual, latent prior and the
-logsumexp over charts with the weights. Gradients with respect to x come from autograd.
-It is the reference a fused CPU/CUDA kernel must match (tests compare it with ChartMixture).
+`charts_log_prob` itself lives in patchreg.reference.charts (the pure-PyTorch references are kept
+out of the model packages) and is re-exported here.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch.nn import functional as F
 
-from .architectures import ResidualMLP, _silu_grad
-from .chart import gram_logdet
+from ..reference.charts import charts_log_prob
+from .architectures import ResidualMLP
 from .fif_chart import FreeFormChart
-from .latent_prior import log_normalizer, radial_energy
+
+__all__ = ["charts_log_prob", "stack_mlp_charts"]
 
 
 def _stack_mlp(nets: list[ResidualMLP], prefix: str) -> dict:
@@ -41,51 +38,3 @@ def stack_mlp_charts(model) -> dict:
     params.update(_stack_mlp([c.encoder for c in charts], "encoder"))
     params.update(_stack_mlp([c.decoder for c in charts], "decoder"))
     return params
-
-
-def _n_blocks(params, prefix):
-    return len({k.split(".")[2] for k in params if k.startswith(f"{prefix}.blocks.")})
-
-
-def _linear(params, name, h):
-    return torch.einsum("bki,koi->bko", h, params[f"{name}.weight"]) + params[f"{name}.bias"]
-
-
-def _linear_tangent(params, name, t):
-    return torch.einsum("koi,bkim->bkom", params[f"{name}.weight"], t)
-
-
-def _stacked_mlp(params, prefix, h, tangents=None):
-    """The stacked ResidualMLP on h (B, K, in); with tangents (B, K, in, m) also their pushforward."""
-    pre = _linear(params, f"{prefix}.input", h)
-    t = None if tangents is None else _linear_tangent(params, f"{prefix}.input", tangents)
-    for i in range(_n_blocks(params, prefix)):
-        a = _linear(params, f"{prefix}.blocks.{i}.0", F.silu(pre))
-        if t is not None:
-            ta = _linear_tangent(params, f"{prefix}.blocks.{i}.0", _silu_grad(pre).unsqueeze(-1) * t)
-            t = t + _linear_tangent(params, f"{prefix}.blocks.{i}.1", _silu_grad(a).unsqueeze(-1) * ta)
-        pre = pre + _linear(params, f"{prefix}.blocks.{i}.1", F.silu(a))
-    out = _linear(params, f"{prefix}.output", F.silu(pre))
-    if t is None:
-        return out, None
-    return out, _linear_tangent(params, f"{prefix}.output", _silu_grad(pre).unsqueeze(-1) * t)
-
-
-def charts_log_prob(x: torch.Tensor, params: dict, log_alpha: torch.Tensor, sigma, return_chart_log_probs: bool = False):
-    """log p(x) (B,) of the chart mixture with stacked ResidualMLP charts; optionally also log p_k(x) (B, K)."""
-    n = x.shape[-1]
-    basis, center, scale = params["basis"], params["center"], params["scale"]
-    y = torch.einsum("bkn,knm->bkm", x[:, None, :] - center, basis) / scale[:, None]
-    z, _ = _stacked_mlp(params, "encoder", y)
-    d = z.shape[-1]
-    eye = torch.eye(d, dtype=x.dtype, device=x.device).expand(*z.shape[:2], d, d)
-    y_hat, t_hat = _stacked_mlp(params, "decoder", z, eye)
-    x_hat = torch.einsum("bkm,knm->bkn", y_hat, basis) * scale[:, None] + center
-    jac = torch.einsum("knm,bkmj->bknj", basis, t_hat) * scale[:, None, None]
-    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-    residual = ((x[:, None, :] - x_hat) ** 2).sum(-1)
-    log_p_z = -radial_energy(torch.sqrt((z * z).sum(-1) + 1e-12)) - log_normalizer(d)
-    chart_lp = (log_p_z - 0.5 * gram_logdet(jac) - residual / (2 * sigma**2)
-                - 0.5 * (n - d) * torch.log(2 * math.pi * sigma**2))
-    total = torch.logsumexp(log_alpha + chart_lp, dim=-1)
-    return (total, chart_lp) if return_chart_log_probs else total

@@ -3,8 +3,8 @@
 Kernels: csrc/charts_cpu.cpp (CPU, blocks of points as small GEMMs) and csrc/charts_cuda.cu (CUDA,
 one thread per point and chart running csrc/charts_thread.h; the same thread program runs on the
 CPU as the test-only op patchreg::charts_log_prob_simt). Reference:
-patchreg.charts.stacked.charts_log_prob. Tests: tests/test_charts_op.py. Benchmark:
-bench/charts_op_speed.py.
+patchreg.reference.charts.charts_log_prob (re-exported as patchreg.charts.charts_log_prob).
+Tests: tests/test_charts_op.py. Benchmark: bench/charts_op_speed.py.
 
 The K charts' weights are the dict of `patchreg.charts.stack_mlp_charts`. The op takes each
 network as a list in this order (every tensor with a leading K axis):
@@ -24,14 +24,11 @@ import torch
 from .. import _extension
 from .._checks import check_same_device, check_tensor
 from ..backend import use_extension
+from ..reference.charts import _n_blocks, charts_log_prob
 
 __all__ = ["charts_log_prob_fused", "mlp_weight_list"]
 
 _OP = "charts_log_prob"
-
-
-def _n_blocks(params: dict, prefix: str) -> int:
-    return len({k.split(".")[2] for k in params if k.startswith(f"{prefix}.blocks.")})
 
 
 def mlp_weight_list(params: dict, prefix: str) -> list[torch.Tensor]:
@@ -98,8 +95,6 @@ def _kernel_for(x: torch.Tensor) -> bool:
 
 
 def _reference(x, params, log_alpha, sigma, compute_grad):
-    from ..charts.stacked import charts_log_prob
-
     B = x.shape[0]
     if not compute_grad:
         total, chart = charts_log_prob(x, params, log_alpha, sigma, return_chart_log_probs=True)
@@ -121,7 +116,7 @@ def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor
     weights; sigma > 0 the off-manifold noise. With compute_grad=False the gradient is an empty
     (B, 0) tensor (forward only, about half the work). Only log p(x) is differentiable, with
     respect to x (its backward reuses the gradient, so compute_grad is forced on when x requires
-    grad); the other outputs carry no graph. Same numbers as patchreg.charts.charts_log_prob, except
+    grad); the other outputs carry no graph. Same numbers as patchreg.reference.charts.charts_log_prob, except
     that a non-positive-definite J^T J gives NaN in the kernel where the reference raises.
     """
     encoder, decoder, sigma_value = _check(x, params, log_alpha, sigma)

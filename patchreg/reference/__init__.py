@@ -1,5 +1,6 @@
 """Pure-PyTorch reference implementations of every patchreg op (no argument checks here)."""
 
+from .charts import charts_log_prob
 from .patches import (
     aggregate_patches,
     aggregate_patches_at,
@@ -12,6 +13,7 @@ from .patches import (
 __all__ = [
     "aggregate_patches",
     "aggregate_patches_at",
+    "charts_log_prob",
     "coverage_count",
     "extract_patches",
     "extract_patches_at",
