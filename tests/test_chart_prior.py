@@ -202,3 +202,37 @@ def test_charts_restore_denoises_and_validates():
     bad[0, 0, 0, 0] = math.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         charts_restore(bad, None, model, 0.1)
+
+
+def test_train_charts_on_image_patches_cli(tmp_path):
+    """`patchreg train charts --data bundled --patch-size 3`: a PatchCharts checkpoint with its selector."""
+    from patchreg.cli import main
+
+    out = tmp_path / "pc.safetensors"
+    argv = ["train", "charts", "--data", "bundled", "--patch-size", "3", "--charts", "2", "--latent-dim", "2",
+            "--steps", "8", "--batch-size", "64", "--width", "8", "--blocks", "1", "--checkpoint-every", "4",
+            "--selector-points", "500", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    model = PatchCharts.load(out)
+    assert model.patch_size == 3 and model.n_charts == 2 and model.has_selector
+    assert model.mixture.sigma.shape == (2,)  # one off-manifold noise level per chart
+    r = ChartPrior(model, top_charts=1).nll(torch.rand(1, 1, 16, 16))
+    assert r.shape == (1,) and bool(torch.isfinite(r).all())
+    assert main(argv + ["--resume"]) == 0  # finished run: resuming is a no-op that keeps the model
+    torch.testing.assert_close(PatchCharts.load(out).mixture.log_alpha, model.mixture.log_alpha)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "toy:circle", "--patch-size", "3", "--latent-dim", "1"], "--patch-size needs image data"),
+    (["--data", "bundled", "--patch-size", "3", "--latent-dim", "8"], "--latent-dim"),
+    (["--data", "bundled", "--patch-size", "1", "--latent-dim", "1"], "--patch-size must be"),
+    (["--data", "bundled", "--patch-size", "3", "--latent-dim", "2", "--family", "vae"], "--family fif"),
+    (["--data", "bundled", "--patch-size", "3", "--latent-dim", "2", "--steps", "2"], "--steps must be >= 4"),
+])
+def test_train_charts_on_patches_rejects_bad_arguments(tmp_path, capsys, extra, message):
+    from patchreg.cli import main
+
+    out = tmp_path / "x.safetensors"
+    assert main(["train", "charts", "--charts", "2", "--no-progress", "--out", str(out), *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
