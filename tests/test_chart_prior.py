@@ -236,3 +236,55 @@ def test_train_charts_on_patches_rejects_bad_arguments(tmp_path, capsys, extra, 
     assert main(["train", "charts", "--charts", "2", "--no-progress", "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def _scaled_model():
+    model = _model(K=3)
+    gen = torch.Generator().manual_seed(4)
+    points = 0.3 * torch.randn(300, 8, generator=gen, dtype=torch.float64) * torch.rand(300, 1, generator=gen, dtype=torch.float64)
+    history = model.fit_scales(points, [1.0, 0.5, 0.25], n_iter=10, prune=1e-3)
+    model.fit_selector(points)
+    return model, points, history
+
+
+def _exact_scale_mixture(model, coords):
+    """sum over (k, s) of alpha_{k,s} s^-n p_k(c / s) from the stacked reference, pair by pair."""
+    params = stack_mlp_charts(model.mixture)
+    n = coords.shape[1]
+    terms = []
+    for j, s in enumerate(model.scales.tolist()):
+        chart_lp = stacked_reference(coords / s, params, model.mixture.log_alpha, model.mixture.sigma,
+                                     return_chart_log_probs=True)[1]
+        terms.append(model.scale_log_alpha[:, j] + chart_lp - n * math.log(s))
+    return torch.logsumexp(torch.cat(terms, dim=1), dim=1)
+
+
+def test_contrast_scale_mixture_is_exact_with_every_pair():
+    model, points, history = _scaled_model()
+    assert history[-1] >= history[0]  # EM never lowers the likelihood of its data
+    assert model.pairs().shape[0] <= 9 and torch.isfinite(model.pair_log_weights()).all()
+    torch.testing.assert_close(model.scale_log_alpha.exp().sum(), torch.tensor(1.0, dtype=torch.float64))
+    coords = points[:60].clone().requires_grad_(True)
+    exact = _exact_scale_mixture(model, coords)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), coords)
+    for backend in ("extension", "reference"):
+        with patchreg.use_backend(backend):
+            log_p, grad = chart_patch_log_prob(model, coords.detach(), top_charts=None)
+        torch.testing.assert_close(log_p, exact.detach(), atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(grad, exact_grad, atol=1e-9, rtol=1e-9)
+    top, _ = chart_patch_log_prob(model, coords.detach(), top_charts=2)
+    assert bool((top <= exact.detach() + 1e-12).all())
+
+
+def test_scale_mixture_survives_a_checkpoint(tmp_path):
+    model, points, _ = _scaled_model()
+    path = model.to(torch.float32).save(tmp_path / "s.safetensors")
+    loaded = PatchCharts.load(path, dtype=torch.float64)
+    torch.testing.assert_close(loaded.scales, model.scales.double())
+    torch.testing.assert_close(loaded.log_prob(points[:20] @ loaded.basis.T), model.double().log_prob(points[:20] @ model.basis.T))
+
+
+def test_fit_scales_rejects_bad_scales():
+    model = _model()
+    with pytest.raises(ValueError, match="scales must be"):
+        model.fit_scales(torch.randn(10, 8, dtype=torch.float64), [1.0, -0.5])

@@ -37,12 +37,13 @@ REDUCTIONS = ("mean", "sum")
 
 
 def select_charts(model: PatchCharts, coords: torch.Tensor, top_charts: int | None, extra_variance: float = 0.0):
-    """(N, m) int64: the `top_charts` charts of each patch by the selector's log-likelihood; None/K: all."""
-    K = model.n_charts
-    if top_charts is None or top_charts >= K:
+    """(N, m) int64: the `top_charts` best (chart, scale) pairs of each patch (indices into model.pairs()) by
+    the selector's log-likelihood; None when every pair is kept (top_charts None or >= the number of pairs)."""
+    P = model.pairs().shape[0]
+    if top_charts is None or top_charts >= P:
         return None
     params = model.selector_params(coords.dtype, extra_variance)
-    scores = gmm_log_prob(coords.contiguous(), *params)  # (N, K)
+    scores = gmm_log_prob(coords.contiguous(), *params)  # (N, P)
     return scores.topk(top_charts, dim=1).indices
 
 
@@ -52,46 +53,98 @@ def _stacked_params(model: PatchCharts, dtype) -> dict:
     return {k: v.to(dtype).contiguous() for k, v in stack_mlp_charts(model.mixture).items()}
 
 
+def _chart_entries(model: PatchCharts, N: int, selection, device):
+    """Per chart k with work: (k, rows (R,), slots (R,), pair indices (R,)), the (patch, kept pair) entries of
+    chart k at any scale. Within one slot a patch appears at most once (a slot holds one pair per patch)."""
+    pairs = model.pairs().to(device)
+    P = pairs.shape[0]
+    if selection is None:  # every pair of every patch: slot = pair index
+        selection = torch.arange(P, device=device).expand(N, P)
+    chart_of = pairs[:, 0][selection]  # (N, m)
+    for k in range(model.n_charts):
+        rows, slots = (chart_of == k).nonzero(as_tuple=True)
+        if rows.numel():
+            yield k, rows, slots, selection[rows, slots]
+
+
+def _evaluate_entries(model: PatchCharts, coords, params, k, rows, pair_idx, extra_variance, compute_grad):
+    """Chart k's fused op on the entries: (log alpha_{k,s} - n log s + log p_k(c/s) (R,), d/dc (R, n) or None).
+
+    One kernel call for all scales of the chart when extra_variance is 0 (sigma_k in the chart's units is
+    then the same at every scale); else one per scale (sigma_k^2 + extra_variance / s^2 depends on s).
+    NaN (the kernel's answer where J^T J is singular, far off a chart) becomes -inf with a zero gradient.
+    """
+    scales = model.scales.to(coords.dtype)[model.pairs().to(coords.device)[pair_idx, 1]]
+    const = model.pair_log_weights().to(coords.dtype)[pair_idx]
+    sigma2 = float(model.mixture.sigma.detach().to(torch.float64).expand(model.n_charts)[k]) ** 2
+    one = {name: v[k : k + 1] for name, v in params.items()}
+    zero = coords.new_zeros(1)
+    x = coords.index_select(0, rows) / scales[:, None]
+    groups = [None] if extra_variance == 0 else scales.unique().tolist()
+    total = coords.new_empty(len(rows))
+    grad = coords.new_empty(len(rows), coords.shape[1]) if compute_grad else None
+    for s in groups:
+        sel = slice(None) if s is None else (scales == s).nonzero()[:, 0]
+        sigma = math.sqrt(sigma2 + (0.0 if s is None else extra_variance / s**2))
+        t, _, g = charts_log_prob_fused(x[sel], one, zero, sigma, compute_grad=compute_grad)
+        total[sel] = t
+        if compute_grad:
+            grad[sel] = g
+    bad = torch.isnan(total)
+    total = total.masked_fill(bad, -math.inf) + const
+    if compute_grad:
+        grad = grad.masked_fill(bad[:, None], 0.0) / scales[:, None]
+    return total, grad
+
+
 def chart_patch_log_prob(model: PatchCharts, coords: torch.Tensor, top_charts: int | None = 2,
                          compute_grad: bool = True, extra_variance: float = 0.0, params: dict | None = None,
                          selection: torch.Tensor | None = None):
     """(log p (N,), d log p / dc (N, n) or None) for mean-free patch coordinates c (N, n), detached.
 
-    extra_variance: added to every chart's sigma^2 (the density of a patch seen through Gaussian
-    noise of that variance; the HQS solver passes 1/beta). selection: precomputed (N, m) chart
-    indices (else from `select_charts`). params: the stacked chart weights in coords' dtype (cached
-    by ChartPrior).
+    log p(c) = logsumexp over the kept (chart, scale) pairs of log alpha_{k,s} - n log s + log p_k(c / s).
+    extra_variance: added to every pair's off-manifold variance (the density of a patch seen through
+    Gaussian noise of that variance). selection: precomputed (N, m) pair indices (else `select_charts`).
+    params: the stacked chart weights in coords' dtype (cached by ChartPrior). One fused kernel call per
+    chart (all its kept scales at once), then a streaming logsumexp, so nothing of size (N, K, n) exists.
     """
     coords = coords.detach().contiguous()
     N, n = coords.shape
-    mixture = model.mixture
-    K = model.n_charts
     params = params if params is not None else _stacked_params(model, coords.dtype)
-    log_alpha = mixture.log_alpha.detach().to(coords.dtype)
-    sigma2 = (mixture.sigma.detach().to(torch.float64) ** 2).expand(K) + extra_variance
     if selection is None:
         selection = select_charts(model, coords, top_charts, extra_variance)
-    # streaming logsumexp over the kept charts: running max, scaled sum and scaled gradient sum
     run_max = coords.new_full((N,), -math.inf)
     run_sum = coords.new_zeros(N)
     run_grad = coords.new_zeros(N, n) if compute_grad else None
-    for k in range(K):
-        rows = torch.arange(N, device=coords.device) if selection is None else (selection == k).any(1).nonzero()[:, 0]
-        if rows.numel() == 0:
-            continue
-        one = {name: v[k : k + 1] for name, v in params.items()}
-        total, _, grad = charts_log_prob_fused(coords.index_select(0, rows), one, log_alpha[k : k + 1],
-                                               math.sqrt(float(sigma2[k])), compute_grad=compute_grad)
-        old_max = run_max.index_select(0, rows)
-        new_max = torch.maximum(old_max, total)
-        keep = torch.exp(old_max - new_max)
-        add = torch.exp(total - new_max)
-        run_sum.index_copy_(0, rows, run_sum.index_select(0, rows) * keep + add)
-        run_max.index_copy_(0, rows, new_max)
-        if compute_grad:
-            run_grad.index_copy_(0, rows, run_grad.index_select(0, rows) * keep[:, None] + grad * add[:, None])
-    log_p = run_max + torch.log(run_sum)
-    return log_p, (run_grad / run_sum[:, None] if compute_grad else None)
+    for k, rows, slots, pair_idx in _chart_entries(model, N, selection, coords.device):
+        total, grad = _evaluate_entries(model, coords, params, k, rows, pair_idx, extra_variance, compute_grad)
+        for slot in slots.unique().tolist():  # rows are unique within a slot: safe index_copy_
+            part = (slots == slot).nonzero()[:, 0]
+            r, t = rows[part], total[part]
+            old_max = run_max.index_select(0, r)
+            new_max = torch.maximum(old_max, t)
+            safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+            keep, add = torch.exp(old_max - safe), torch.exp(t - safe)
+            run_sum.index_copy_(0, r, run_sum.index_select(0, r) * keep + add)
+            run_max.index_copy_(0, r, new_max)
+            if compute_grad:
+                run_grad.index_copy_(0, r, run_grad.index_select(0, r) * keep[:, None] + grad[part] * add[:, None])
+    safe_max = torch.where(torch.isfinite(run_max), run_max, torch.zeros_like(run_max))
+    log_p = safe_max + torch.log(run_sum)
+    return log_p, (run_grad / run_sum.clamp_min(1e-300)[:, None] if compute_grad else None)
+
+
+@torch.no_grad()
+def pair_responsibilities(model: PatchCharts, coords: torch.Tensor) -> torch.Tensor:
+    """(N, P) posterior probabilities of the kept (chart, scale) pairs (every pair evaluated exactly)."""
+    coords = coords.contiguous()
+    params = _stacked_params(model, coords.dtype)
+    N = coords.shape[0]
+    table = coords.new_full((N, model.pairs().shape[0]), -math.inf)
+    for k, rows, slots, pair_idx in _chart_entries(model, N, None, coords.device):
+        total, _ = _evaluate_entries(model, coords, params, k, rows, pair_idx, 0.0, False)
+        table[rows, slots] = total
+    return torch.softmax(table, dim=1)
 
 
 class _PatchLogProb(torch.autograd.Function):
@@ -202,10 +255,12 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
                           combine: str = "mean", params: dict | None = None) -> torch.Tensor:
     """Denoise patches (N, d) seen through Gaussian noise of variance `noise_var` under the chart prior.
 
-    Per patch and kept chart k (the selector's top charts): the chart's responsibility under noise,
-    alpha_k p_k(c) with sigma_k^2 + noise_var, and the estimate D_k(E_k(c)) + s_k (c - D_k(E_k(c))),
-    s_k = sigma_k^2 / (sigma_k^2 + noise_var): the projection onto chart k's learned manifold (the
-    encoder as the projection, Alberti et al.'s retraction) plus the Wiener-shrunk off-manifold part.
+    Per patch and kept (chart k, scale s) pair (the selector's top pairs): the pair's responsibility under
+    noise by the selector's Gaussian N(s mu_k, s^2 Sigma_k + noise_var I) (the cheap score, as EPLL's
+    z-step, so one network pass per chart and no Jacobian), and the estimate
+    s [D_k(E_k(c/s)) + w (c/s - D_k(E_k(c/s)))], w = sigma_k^2 / (sigma_k^2 + noise_var / s^2): the
+    projection onto chart k's learned manifold at that contrast (the encoder as the projection,
+    Alberti et al.'s retraction) plus the Wiener-shrunk off-manifold part.
     combine="mean" averages the charts' estimates by responsibility (the posterior mean over charts),
     "best" takes the most responsible chart (EPLL's choice). The patch mean is kept.
     """
@@ -215,36 +270,31 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
     means = patches.mean(dim=1, keepdim=True)
     coords = model.coords(patches).contiguous()
     N, n = coords.shape
-    K = model.n_charts
     mixture = model.mixture
-    params = params if params is not None else _stacked_params(model, dtype)
-    log_alpha = mixture.log_alpha.to(dtype)
-    sigma2 = (mixture.sigma.to(torch.float64) ** 2).expand(K)
-    selection = select_charts(model, coords, top_charts, noise_var)
-    m = K if selection is None else selection.shape[1]
-    scores = coords.new_full((N, m), -math.inf)
-    estimates = coords.new_zeros(N, m, n)
+    pairs = model.pairs().to(coords.device)
+    # responsibilities of the pairs under the noise: the selector's Gaussians at covariance
+    # s^2 Sigma_k + noise_var I (as EPLL's z-step scores its components), top `top_charts` kept
+    params = model.selector_params(dtype, noise_var)
+    scores = gmm_log_prob(coords, *params)  # (N, P)
+    m = scores.shape[1] if top_charts is None else min(top_charts, scores.shape[1])
+    top_scores, selection = scores.topk(m, dim=1)
+    weights = torch.softmax(top_scores, dim=1) if combine == "mean" else \
+        torch.nn.functional.one_hot(top_scores.argmax(1), m).to(dtype)
+    out = torch.zeros_like(coords)
+    sigma = mixture.sigma.detach().to(torch.float64).expand(model.n_charts)
     net_dtype = mixture.log_alpha.dtype  # the charts' networks run in the model's dtype
-    for k in range(K):
-        if selection is None:
-            rows, slot = torch.arange(N, device=coords.device), torch.full((N,), k, device=coords.device)
-        else:
-            rows, slot = (selection == k).nonzero(as_tuple=True)
+    for k, rows, slots, pair_idx in _chart_entries(model, N, selection, coords.device):
+        w = weights[rows, slots]
+        keep = w > 0
+        rows, slots, pair_idx, w = rows[keep], slots[keep], pair_idx[keep], w[keep]
         if rows.numel() == 0:
             continue
-        c = coords.index_select(0, rows)
-        one = {name: v[k : k + 1] for name, v in params.items()}
-        total, _, _ = charts_log_prob_fused(c, one, log_alpha[k : k + 1], math.sqrt(float(sigma2[k]) + noise_var),
-                                            compute_grad=False)
+        scale = model.scales.to(dtype)[pairs[pair_idx, 1]][:, None]
+        c = coords.index_select(0, rows) / scale
         chart = mixture.charts[k]
         on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
-        shrink = float(sigma2[k]) / (float(sigma2[k]) + noise_var)
-        scores[rows, slot] = total
-        estimates[rows, slot] = on_manifold + shrink * (c - on_manifold)
-    if combine == "best":
-        out = estimates[torch.arange(N, device=coords.device), scores.argmax(1)]
-    else:
-        out = (torch.softmax(scores, dim=1)[..., None] * estimates).sum(1)
+        shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
+        out.index_add_(0, rows, w[:, None] * scale * (on_manifold + shrink * (c - on_manifold)))
     return model.patches_from_coords(out, means)
 
 
