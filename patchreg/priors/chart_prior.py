@@ -251,8 +251,24 @@ COMBINES = ("mean", "best")
 
 
 @torch.no_grad()
+def _tangent_map_step(chart, c, var, latent_var):
+    """D(z1), z1 one Gauss-Newton step from z0 = E(c) for the MAP of z under c ~ N(D(z), var), z ~ N(0, latent_var I).
+
+    var (R, 1): the off-manifold plus noise variance per row. Shrinks the on-manifold (tangent) part of
+    the noise toward the chart's centre, which the projection D(E(c)) alone keeps.
+    """
+    z0 = chart.encode(c)
+    d0, jac = chart.decode_with_jacobian(z0)  # (R, n), (R, n, d)
+    d = z0.shape[1]
+    eye = torch.eye(d, dtype=c.dtype, device=c.device)
+    gram = jac.mT @ jac / var[:, :, None] + eye / latent_var
+    rhs = (jac.mT @ (c - d0)[:, :, None]).squeeze(-1) / var - z0 / latent_var
+    z1 = z0 + torch.linalg.solve(gram, rhs)
+    return chart.decode(z1)
+
+
 def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: float, top_charts: int | None = 2,
-                          combine: str = "mean", params: dict | None = None) -> torch.Tensor:
+                          combine: str = "mean", params: dict | None = None, tangent_step: bool = True) -> torch.Tensor:
     """Denoise patches (N, d) seen through Gaussian noise of variance `noise_var` under the chart prior.
 
     Per patch and kept (chart k, scale s) pair (the selector's top pairs): the pair's responsibility under
@@ -292,7 +308,11 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
         scale = model.scales.to(dtype)[pairs[pair_idx, 1]][:, None]
         c = coords.index_select(0, rows) / scale
         chart = mixture.charts[k]
-        on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
+        if tangent_step:
+            on_manifold = _tangent_map_step(chart, c.to(net_dtype), float(sigma[k]) ** 2 + noise_var / scale.to(net_dtype) ** 2,
+                                            model.latent_variance()).to(dtype)
+        else:
+            on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
         shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
         out.index_add_(0, rows, w[:, None] * scale * (on_manifold + shrink * (c - on_manifold)))
     return model.patches_from_coords(out, means)

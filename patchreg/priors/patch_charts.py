@@ -123,6 +123,13 @@ class PatchCharts(torch.nn.Module):
         out = coords @ self.basis.to(coords.dtype).T
         return out if means is None else out + means
 
+    def latent_variance(self) -> float:
+        """Per-coordinate variance of the charts' latent prior (the compact radial prior), by its exact sampler."""
+        if getattr(self, "_latent_var", None) is None:
+            z = self.mixture.prior.sample(20000, torch.Generator().manual_seed(0), torch.float64)
+            self._latent_var = float((z**2).mean())
+        return self._latent_var
+
     def pairs(self) -> torch.Tensor:
         """(P, 2) int64: the kept (chart, scale index) pairs, in a fixed order."""
         return torch.isfinite(self.scale_log_alpha).nonzero()
