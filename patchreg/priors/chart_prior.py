@@ -29,6 +29,7 @@ from .._checks import check_int, check_tensor
 from ..ops.charts import charts_log_prob_fused
 from ..ops.gmm import gmm_log_prob
 from ..ops.patches import extract_patches, extract_patches_at
+from ._patch_images import check_patch_image, random_positions
 from .patch_charts import PatchCharts
 
 __all__ = ["ChartPrior", "chart_denoise_patches", "chart_patch_log_prob", "charts_restore", "select_charts"]
@@ -196,17 +197,9 @@ class ChartPrior:
         self._generator.manual_seed(self.seed)
 
     def _check_image(self, x) -> None:
-        check_tensor("x", x, ndim=4)
-        B, C, H, W = x.shape
-        p = self.patch_size
-        if C != self.channels:
-            raise ValueError(f"x has {C} channels (dim 1) but the chart prior models {self.channels}-channel patches")
-        if H < p or W < p:
-            raise ValueError(f"x is {H}x{W}, smaller than the prior's {p}x{p} patches")
+        check_patch_image(x, self.patch_size, self.channels, "chart prior", finite=True)
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} NaN or infinite values")
 
     def _weights(self, dtype, device) -> dict:
         key = (dtype, str(device))
@@ -219,10 +212,8 @@ class ChartPrior:
         B, _, H, W = x.shape
         if self.n_patches is None:
             return extract_patches(x, self.patch_size, self.stride)
-        p = self.patch_size
-        rows = torch.randint(H - p + 1, (B, self.n_patches), generator=self._generator)
-        cols = torch.randint(W - p + 1, (B, self.n_patches), generator=self._generator)
-        return extract_patches_at(x, torch.stack([rows, cols], -1).to(x.device), p)
+        positions = random_positions(self._generator, B, self.n_patches, H, W, self.patch_size)
+        return extract_patches_at(x, positions.to(x.device), self.patch_size)
 
     def patch_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log p of every scored patch of x, (B, L), differentiable in x."""
@@ -328,27 +319,15 @@ def charts_restore(y: torch.Tensor, physics, model: PatchCharts, sigma: float, b
     inner_iters, stride, prior_weight, cg_iters, cg_tol: as patchreg.priors.epll_restore. The z-step
     is `chart_denoise_patches` at noise variance 1/beta with `top_charts` and `combine`.
     """
-    from .epll import default_betas
-    from .hqs import half_quadratic_splitting
+    from .hqs import check_hqs_settings, half_quadratic_splitting
 
     check_tensor("y", y)
     if not isinstance(model, PatchCharts):
         raise TypeError(f"model must be a patchreg.priors.PatchCharts, got {type(model).__name__}")
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a finite number > 0 (noise std on the [0, 1] scale), got {sigma!r}")
-    betas = default_betas(sigma) if betas is None else [float(b) for b in betas]
-    if not betas or any(not b > 0 for b in betas):
-        raise ValueError(f"betas must be a non-empty list of positive numbers, got {betas}")
-    lam = model.dim / sigma**2 if lam is None else lam
-    if not lam > 0:
-        raise ValueError(f"lam must be > 0, got {lam}")
-    check_int("inner_iters", inner_iters, 1)
-    check_int("stride", stride, 1)
+    betas, lam = check_hqs_settings(sigma, betas, lam, model.dim, inner_iters, stride, prior_weight)
     top_charts = None if top_charts is None else check_int("top_charts", top_charts, 1)
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
-    if prior_weight not in ("uniform", "coverage"):
-        raise ValueError(f"prior_weight must be 'uniform' or 'coverage', got {prior_weight!r}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or infinite values")
     params = _stacked_params(model, y.dtype)

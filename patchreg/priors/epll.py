@@ -20,20 +20,12 @@ Every image of the batch is processed at once; the only Python loop is over GMM 
 from __future__ import annotations
 
 import torch
-from .._checks import check_int, check_tensor
+from .._checks import check_tensor
 from ..ops.gmm import gmm_best_component
 from .gmm import GMM
-from .hqs import half_quadratic_splitting
+from .hqs import BETA_SCHEDULE, check_hqs_settings, default_betas, half_quadratic_splitting  # noqa: F401 (re-exported)
 
 __all__ = ["epll_restore", "default_betas", "wiener_denoise_patches"]
-
-BETA_SCHEDULE = (1.0, 4.0, 8.0, 16.0, 32.0)
-
-
-def default_betas(sigma: float) -> list[float]:
-    """Zoran & Weiss's schedule: (1 / sigma^2) * [1, 4, 8, 16, 32]."""
-    return [b / sigma**2 for b in BETA_SCHEDULE]
-
 
 def wiener_denoise_patches(patches: torch.Tensor, gmm: GMM, noise_var: float) -> torch.Tensor:
     """EPLL's z-step on patches (N, d): best component under Sigma_k + noise_var I, then its Wiener filter.
@@ -107,18 +99,7 @@ def epll_restore(
     check_tensor("y", y)
     if not isinstance(gmm, GMM):
         raise TypeError(f"gmm must be a patchreg.priors.GMM, got {type(gmm).__name__}")
-    if not (isinstance(sigma, (int, float)) and sigma > 0):
-        raise ValueError(f"sigma must be a number > 0 (noise std on the [0, 1] scale), got {sigma!r}")
-    betas = default_betas(sigma) if betas is None else [float(b) for b in betas]
-    if not betas or any(not b > 0 for b in betas):
-        raise ValueError(f"betas must be a non-empty list of positive numbers, got {betas}")
-    lam = gmm.dim / sigma**2 if lam is None else lam
-    if not lam > 0:
-        raise ValueError(f"lam must be > 0, got {lam}")
-    check_int("inner_iters", inner_iters, 1)
-    check_int("stride", stride, 1)
-    if prior_weight not in ("uniform", "coverage"):
-        raise ValueError(f"prior_weight must be 'uniform' or 'coverage', got {prior_weight!r}")
+    betas, lam = check_hqs_settings(sigma, betas, lam, gmm.dim, inner_iters, stride, prior_weight)
 
     def denoise_patches(patches, beta):
         return wiener_denoise_patches(patches, gmm, 1.0 / beta)

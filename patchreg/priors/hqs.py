@@ -15,15 +15,43 @@ Every image of the batch is processed at once.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
-from .._checks import check_tensor
+from .._checks import check_int, check_tensor
 from ..ops.patches import aggregate_patches, extract_patches
 from ..physics.solvers import conjugate_gradient
 from ..reference.patches import coverage_count
 
-__all__ = ["half_quadratic_splitting", "default_start"]
+__all__ = ["check_hqs_settings", "default_betas", "default_start", "half_quadratic_splitting"]
+
+BETA_SCHEDULE = (1.0, 4.0, 8.0, 16.0, 32.0)
+PRIOR_WEIGHTS = ("uniform", "coverage")
+
+
+def default_betas(sigma: float) -> list[float]:
+    """Zoran & Weiss's schedule: (1 / sigma^2) * [1, 4, 8, 16, 32]."""
+    return [b / sigma**2 for b in BETA_SCHEDULE]
+
+
+def check_hqs_settings(sigma, betas, lam, dim: int, inner_iters: int, stride: int, prior_weight: str):
+    """Validate the splitting's settings; returns (betas, lam) with the defaults filled in
+    (betas = default_betas(sigma), lam = dim / sigma^2: the prior term counts every pixel ~dim times)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a number > 0 (noise std on the [0, 1] scale), got {sigma!r}")
+    betas = default_betas(sigma) if betas is None else [float(b) for b in betas]
+    if not betas or any(not b > 0 for b in betas):
+        raise ValueError(f"betas must be a non-empty list of positive numbers, got {betas}")
+    lam = dim / sigma**2 if lam is None else lam
+    if not lam > 0:
+        raise ValueError(f"lam must be > 0, got {lam}")
+    check_int("inner_iters", inner_iters, 1)
+    check_int("stride", stride, 1)
+    if prior_weight not in PRIOR_WEIGHTS:
+        raise ValueError(f"prior_weight must be one of {PRIOR_WEIGHTS}, got {prior_weight!r}")
+    return betas, float(lam)
 
 
 def is_denoising(physics) -> bool:

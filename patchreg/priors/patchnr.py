@@ -16,8 +16,9 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint as _recompute
 
-from .._checks import check_int, check_tensor
+from .._checks import check_int
 from ..ops import extract_patches_at
+from ._patch_images import check_patch_image, random_positions
 from .flow import PatchFlow
 
 __all__ = ["PatchNR"]
@@ -61,20 +62,11 @@ class PatchNR:
         self._generator.manual_seed(self.seed)
 
     def _check_image(self, x) -> None:
-        check_tensor("x", x, ndim=4)
-        B, C, H, W = x.shape
-        p = self.patch_size
-        if C != self.channels:
-            raise ValueError(f"x has {C} channels (dim 1) but the flow models {self.channels}-channel patches")
-        if H < p or W < p:
-            raise ValueError(f"x is {H}x{W}, smaller than the flow's {p}x{p} patches")
+        check_patch_image(x, self.patch_size, self.channels, "flow")
 
     def draw_positions(self, batch: int, height: int, width: int) -> torch.Tensor:
         """(batch, n_patches, 2) int64 top-left corners, uniform over the valid ones (CPU)."""
-        p = self.patch_size
-        rows = torch.randint(height - p + 1, (batch, self.n_patches), generator=self._generator)
-        cols = torch.randint(width - p + 1, (batch, self.n_patches), generator=self._generator)
-        return torch.stack([rows, cols], dim=-1)
+        return random_positions(self._generator, batch, self.n_patches, height, width, self.patch_size)
 
     def _patch_nll(self, patches: torch.Tensor) -> torch.Tensor:
         if self.chunk_size is None or patches.shape[0] <= self.chunk_size:
