@@ -1,7 +1,8 @@
 """Tune the chart prior's HQS denoiser on the validation split of train400 (never on the test images).
 
 Grid: combine ("mean": responsibility-weighted average of the kept charts' estimates, "best": the
-most responsible chart, as EPLL) x top_charts x the beta schedule's length, at sigma = 15, 25, 50
+most responsible chart, as EPLL) x top_charts x the beta schedule's length x the tangent step's
+latent variance scale (patchreg.priors.chart_prior.TANGENT_SCALE), at sigma = 15, 25, 50
 (/255), on the first --images validation images (seeded noise). EPLL with --gmm on the same noisy
 images for reference. The setting with the best mean PSNR over the sigmas is printed; it becomes the
 default of patchreg.priors.charts_restore and the CLI.
@@ -43,6 +44,7 @@ def main(argv=None):
     ap.add_argument("--combine", nargs="+", default=["mean", "best"])
     ap.add_argument("--top", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--schedules", nargs="+", default=list(SCHEDULES))
+    ap.add_argument("--tangent-scales", type=float, nargs="+", default=[3.0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/chart_prior_tuning.md")
     args = ap.parse_args(argv)
@@ -59,14 +61,15 @@ def main(argv=None):
             vals = [float(psnr(epll_restore(y, None, gmm, sigma).clamp(0, 1), x)[0]) for y, x in zip(noisy, images)]
             rows.append(dict(sigma=sigma255, method="EPLL", psnr=statistics.mean(vals), seconds=time.perf_counter() - start))
             print(rows[-1], flush=True)
-        for combine, top, schedule in itertools.product(args.combine, args.top, args.schedules):
+        for combine, top, schedule, tangent in itertools.product(args.combine, args.top, args.schedules,
+                                                                  args.tangent_scales):
             betas = [b / sigma**2 for b in SCHEDULES[schedule]]
             start = time.perf_counter()
-            vals = [float(psnr(charts_restore(y, None, model, sigma, betas=betas, top_charts=top,
-                                              combine=combine).clamp(0, 1), x)[0]) for y, x in zip(noisy, images)]
-            rows.append(dict(sigma=sigma255, method=f"charts combine={combine} top={top} schedule={schedule}",
-                             combine=combine, top=top, schedule=schedule, psnr=statistics.mean(vals),
-                             seconds=time.perf_counter() - start))
+            vals = [float(psnr(charts_restore(y, None, model, sigma, betas=betas, top_charts=top, combine=combine,
+                                              tangent_scale=tangent).clamp(0, 1), x)[0]) for y, x in zip(noisy, images)]
+            rows.append(dict(sigma=sigma255, method=f"charts combine={combine} top={top} schedule={schedule} "
+                             f"tangent={tangent:g}", combine=combine, top=top, schedule=schedule, tangent=tangent,
+                             psnr=statistics.mean(vals), seconds=time.perf_counter() - start))
             print(rows[-1], flush=True)
     settings = sorted({r["method"] for r in rows if r["method"] != "EPLL"})
     score = {m: statistics.mean(r["psnr"] for r in rows if r["method"] == m) for m in settings}

@@ -239,6 +239,9 @@ class ChartPrior:
 # --- the splitting solver: per-patch MAP projection onto the learned manifold ---------------------
 
 COMBINES = ("mean", "best")
+# the latent Gaussian of the tangent step has tangent_scale times the latent prior's variance; 3 was
+# the best of 0.3, 1, 3, 10 on validation images at sigma 25 (bench/chart_prior_tuning.py)
+TANGENT_SCALE = 3.0
 
 
 @torch.no_grad()
@@ -259,7 +262,8 @@ def _tangent_map_step(chart, c, var, latent_var):
 
 
 def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: float, top_charts: int | None = 2,
-                          combine: str = "mean", params: dict | None = None, tangent_step: bool = True) -> torch.Tensor:
+                          combine: str = "mean", params: dict | None = None, tangent_step: bool = True,
+                          tangent_scale: float = TANGENT_SCALE) -> torch.Tensor:
     """Denoise patches (N, d) seen through Gaussian noise of variance `noise_var` under the chart prior.
 
     Per patch and kept (chart k, scale s) pair (the selector's top pairs): the pair's responsibility under
@@ -301,7 +305,7 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
         chart = mixture.charts[k]
         if tangent_step:
             on_manifold = _tangent_map_step(chart, c.to(net_dtype), float(sigma[k]) ** 2 + noise_var / scale.to(net_dtype) ** 2,
-                                            model.latent_variance()).to(dtype)
+                                            tangent_scale * model.latent_variance()).to(dtype)
         else:
             on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
         shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
@@ -312,7 +316,7 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
 def charts_restore(y: torch.Tensor, physics, model: PatchCharts, sigma: float, betas=None, lam: float | None = None,
                    x0: torch.Tensor | None = None, top_charts: int | None = 2, combine: str = "mean",
                    inner_iters: int = 1, stride: int = 1, prior_weight: str = "uniform", cg_iters: int = 50,
-                   cg_tol: float = 1e-6, progress: bool = False) -> torch.Tensor:
+                   cg_tol: float = 1e-6, progress: bool = False, tangent_scale: float = TANGENT_SCALE) -> torch.Tensor:
     """Restore images from y with the chart prior by half-quadratic splitting (as `epll_restore`).
 
     physics, sigma, betas (default (1/sigma^2) [1, 4, 8, 16, 32]), lam (default d / sigma^2), x0,
@@ -328,12 +332,15 @@ def charts_restore(y: torch.Tensor, physics, model: PatchCharts, sigma: float, b
     top_charts = None if top_charts is None else check_int("top_charts", top_charts, 1)
     if combine not in COMBINES:
         raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
+    if isinstance(tangent_scale, bool) or not isinstance(tangent_scale, (int, float)) or not tangent_scale > 0:
+        raise ValueError(f"tangent_scale must be a number > 0, got {tangent_scale!r}")
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"y contains {int((~torch.isfinite(y)).sum())} NaN or infinite values")
     params = _stacked_params(model, y.dtype)
 
     def denoise(patches, beta):
-        return chart_denoise_patches(model, patches, 1.0 / beta, top_charts, combine, params)
+        return chart_denoise_patches(model, patches, 1.0 / beta, top_charts, combine, params,
+                                     tangent_scale=tangent_scale)
 
     return half_quadratic_splitting(y, physics, denoise, model.patch_size, model.channels, betas, lam, x0=x0,
                                     inner_iters=inner_iters, stride=stride, prior_weight=prior_weight,
