@@ -10,7 +10,8 @@ Priors (all trained on the training split of train400; checkpoints by name or pa
   epll        half-quadratic splitting with the GMM (patchreg.priors.epll_restore; defaults of the paper
               for denoising: lam = d / sigma^2, beta = (1/sigma^2)[1, 4, 8, 16, 32]);
   charts      half-quadratic splitting with the chart prior (patchreg.priors.charts_restore), the same
-              schedule, top 2 charts per patch;
+              schedule, top 2 (chart, scale) pairs per patch;
+  charts_lbfgs  the chart prior's R(x) (all patches, ChartPrior) minimised by L-BFGS, --lbfgs-steps;
   patchnr     Adam on the image with the flow (patchreg.reconstruct), --patchnr-patches random
               patches and --patchnr-steps iterations (the paper: 40k and 300; reduced settings are
               printed in the table);
@@ -47,7 +48,7 @@ from patchreg.metrics import measure, psnr, ssim  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 
 TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "inpaint")
-PRIORS = ("epll", "charts", "patchnr", "bm3d")
+PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
 CT_NOISE = 0.5
 
 
@@ -105,6 +106,22 @@ class Runners:
         betas = [b / s**2 for b in (1, 4, 8, 16, 32, 64)]
         return restore(y, op, sigma, betas=betas, lam=None, x0=x0)
 
+    def charts_lbfgs(self, task, op, y, sigma):
+        """The chart prior as a regularizer R(x) minimised by L-BFGS (all patches, top charts): lam = L / d
+        makes ||Ax - y||^2 / (2 sigma^2) + lam * mean_i -log p(P_i x) EPLL's MAP energy up to a factor."""
+        from patchreg.priors import ChartPrior, PatchCharts
+        from patchreg.reconstruct import reconstruct
+
+        model = self._load("charts", lambda: PatchCharts.load(resolve_checkpoint(self.args.charts)))
+        prior = ChartPrior(model, top_charts=self.args.lbfgs_top)
+        H, W = y.shape[-2:] if task.startswith("denoise") else op.initial_guess(y).shape[-2:]
+        p = model.patch_size
+        lam = (H - p + 1) * (W - p + 1) / model.dim
+        x0 = y if task.startswith("denoise") else op.initial_guess(y)
+        x, _ = reconstruct(y.float(), op, prior, lam, x0=x0.float(), solver="lbfgs", steps=self.args.lbfgs_steps,
+                           progress=False)
+        return x.double()
+
     def patchnr(self, task, op, y, sigma):
         from patchreg.priors import PatchFlow, PatchNR
         from patchreg.reconstruct import reconstruct
@@ -144,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--flow", default="pretrained:flow")
     ap.add_argument("--top-charts", type=int, default=2)
     ap.add_argument("--hqs-start", type=float, default=0.04, help="non-denoising tasks: sigma the HQS schedule starts from")
+    ap.add_argument("--lbfgs-steps", type=int, default=100, help="charts_lbfgs: L-BFGS iterations")
+    ap.add_argument("--lbfgs-top", type=int, default=4, help="charts_lbfgs: (chart, scale) pairs kept per patch")
     ap.add_argument("--patchnr-patches", type=int, default=40_000)
     ap.add_argument("--patchnr-steps", type=int, default=300)
     ap.add_argument("--patchnr-lam", type=float, default=0.15)

@@ -242,6 +242,7 @@ COMBINES = ("mean", "best")
 # the latent Gaussian of the tangent step has tangent_scale times the latent prior's variance; 3 was
 # the best of 0.3, 1, 3, 10 on validation images at sigma 25 (bench/chart_prior_tuning.py)
 TANGENT_SCALE = 3.0
+WEIGHT_FLOOR = 1e-3  # combine="mean": pairs below this responsibility are skipped (the rest renormalised)
 
 
 @torch.no_grad()
@@ -292,11 +293,12 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
     weights = torch.softmax(top_scores, dim=1) if combine == "mean" else \
         torch.nn.functional.one_hot(top_scores.argmax(1), m).to(dtype)
     out = torch.zeros_like(coords)
+    kept_mass = coords.new_zeros(N)
     sigma = mixture.sigma.detach().to(torch.float64).expand(model.n_charts)
     net_dtype = mixture.log_alpha.dtype  # the charts' networks run in the model's dtype
     for k, rows, slots, pair_idx in _chart_entries(model, N, selection, coords.device):
         w = weights[rows, slots]
-        keep = w > 0
+        keep = w > WEIGHT_FLOOR  # pairs that cannot move the average are not evaluated
         rows, slots, pair_idx, w = rows[keep], slots[keep], pair_idx[keep], w[keep]
         if rows.numel() == 0:
             continue
@@ -310,7 +312,8 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
             on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
         shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
         out.index_add_(0, rows, w[:, None] * scale * (on_manifold + shrink * (c - on_manifold)))
-    return model.patches_from_coords(out, means)
+        kept_mass.index_add_(0, rows, w)
+    return model.patches_from_coords(out / kept_mass[:, None], means)
 
 
 def charts_restore(y: torch.Tensor, physics, model: PatchCharts, sigma: float, betas=None, lam: float | None = None,
