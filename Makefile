@@ -37,6 +37,7 @@ demo: build
 	$(VENV)/bin/patchreg demo --out demo_out --seed 0
 
 bench: build
+	$(PY) -m pip install -q bm3d   # bench-only anchor of bench/priors_table.py
 	$(PY) bench/patch_speed_table.py
 	$(PY) -m pytest -q bench/bench_patches.py bench/bench_gmm.py --benchmark-only --benchmark-columns=min,median,mean
 

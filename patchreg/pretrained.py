@@ -9,11 +9,12 @@ The names, their files and the one command that retrains each (on the train400 i
 6 x 6 gray patches):
 
 - pretrained:gmm    gmm_p6.safetensors    EPLL's Gaussian mixture (`--prior epll`), 200 components:
-    patchreg train gmm --images train400:train --patch-size 6 --components 200 --patches-per-iter 2000000 --out gmm_p6.safetensors
+    patchreg train gmm --images train400:train --patch-size 6 --components 200 --patches-per-iter 2000000 --iters 40 --seed 0 --out gmm_p6.safetensors
 - pretrained:flow   flow_p6.safetensors   PatchNR's normalizing flow (`--prior patchnr`):
-    patchreg train flow --images train400:train --patch-size 6 --steps 250000 --out flow_p6.safetensors
+    patchreg train flow --images train400:train --patch-size 6 --steps 250000 --seed 0 --out flow_p6.safetensors
+    (the shipped file stopped early, at the step its header records: see bench/RESULTS.md)
 - pretrained:charts charts_p6.safetensors the patch chart mixture (`--prior charts`), 32 FIF charts of dimension 8:
-    patchreg train charts --data train400:train --patch-size 6 --family fif --charts 32 --latent-dim 8 --out charts_p6.safetensors
+    patchreg train charts --data train400:train --patch-size 6 --family fif --charts 32 --latent-dim 8 --steps 2000 --batch-size 1024 --train-sigma 0.1 --seed 0 --out charts_p6.safetensors
 
 Copy a retrained file into patchreg/pretrained_weights/ under the name above to ship it.
 """
@@ -35,10 +36,10 @@ PRETRAINED = {
 }
 RETRAIN_COMMANDS = {
     "gmm": "patchreg train gmm --images train400:train --patch-size 6 --components 200 "
-           "--patches-per-iter 2000000 --out gmm_p6.safetensors",
-    "flow": "patchreg train flow --images train400:train --patch-size 6 --steps 250000 --out flow_p6.safetensors",
+           "--patches-per-iter 2000000 --iters 40 --seed 0 --out gmm_p6.safetensors",
+    "flow": "patchreg train flow --images train400:train --patch-size 6 --steps 250000 --seed 0 --out flow_p6.safetensors",
     "charts": "patchreg train charts --data train400:train --patch-size 6 --family fif --charts 32 "
-              "--latent-dim 8 --out charts_p6.safetensors",
+              "--latent-dim 8 --steps 2000 --batch-size 1024 --train-sigma 0.1 --seed 0 --out charts_p6.safetensors",
 }
 
 

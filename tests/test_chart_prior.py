@@ -288,3 +288,14 @@ def test_fit_scales_rejects_bad_scales():
     model = _model()
     with pytest.raises(ValueError, match="scales must be"):
         model.fit_scales(torch.randn(10, 8, dtype=torch.float64), [1.0, -0.5])
+
+
+def test_eight_by_eight_patches():
+    model = _model(patch_size=8, K=2, d=3)
+    x = torch.rand(1, 1, 12, 13, dtype=torch.float64)
+    prior = ChartPrior(model, top_charts=None, reduction="sum")
+    patches = patchreg.extract_patches(x, 8)[0]
+    expected = -_exact_log_prob(model, patches @ model.basis).sum()
+    torch.testing.assert_close(prior.nll(x)[0], expected.detach(), atol=1e-9, rtol=1e-9)
+    out = charts_restore(x, None, model, 0.1)
+    assert out.shape == x.shape and bool(torch.isfinite(out).all())

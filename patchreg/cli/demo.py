@@ -108,6 +108,6 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--patch-size", type=int, default=8, help="patch size of the operator stage")
     parser.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0-255 scale")
-    parser.add_argument("--patchnr-patches", type=int, default=10_000, help="PatchNR: random patches per iteration")
-    parser.add_argument("--patchnr-steps", type=int, default=100, help="PatchNR: Adam iterations")
+    parser.add_argument("--patchnr-patches", type=int, default=2_000, help="PatchNR: random patches per iteration")
+    parser.add_argument("--patchnr-steps", type=int, default=50, help="PatchNR: Adam iterations")
     parser.set_defaults(func=run)
