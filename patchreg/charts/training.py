@@ -165,7 +165,11 @@ def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3,
             resid = torch.cat([torch.stack([((chunk - c.decode(c.encode(chunk))) ** 2).sum(-1) for c in model.charts], -1)
                                for chunk in chunks])
             if getattr(model, "sigma_per_chart", False):
-                sigma2 = (w * resid).sum(0) / (codim * w.sum(0).clamp_min(1e-12))
+                mass = w.sum(0)
+                sigma2 = (w * resid).sum(0) / (codim * mass.clamp_min(1e-12))
+                # a chart that explains no point has no ML sigma (0/0): give it the mixture's, not a spike
+                pooled = (w * resid).sum() / (codim * mass.sum())
+                sigma2 = torch.where(mass > 1e-6 * len(points), sigma2, pooled)
             else:
                 sigma2 = (w * resid).sum(-1).mean() / codim
             model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))

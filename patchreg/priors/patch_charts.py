@@ -96,7 +96,8 @@ class PatchCharts(torch.nn.Module):
         self.register_buffer("selector_log_const", torch.zeros(0, dtype=dtype))
         # contrast scales (S,) and the weights log alpha_{k,s} (K, S); -inf marks a dropped pair
         self.register_buffer("scales", torch.ones(1, dtype=dtype))
-        self.register_buffer("scale_log_alpha", mixture.log_alpha.detach().clone()[:, None])
+        log_alpha = mixture.log_alpha.detach().clone()[:, None]  # a chart without mass is no component
+        self.register_buffer("scale_log_alpha", log_alpha.masked_fill(log_alpha < math.log(1e-10), -math.inf))
         self.history: list[dict] = []
 
     @property
