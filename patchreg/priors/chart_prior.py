@@ -242,6 +242,7 @@ COMBINES = ("mean", "best")
 # the latent Gaussian of the tangent step has tangent_scale times the latent prior's variance; 3 was
 # the best of 0.3, 1, 3, 10 on validation images at sigma 25 (bench/chart_prior_tuning.py)
 TANGENT_SCALE = 3.0
+DENOISE_CHUNK = 8192  # rows per tangent step (bounds its memory)
 WEIGHT_FLOOR = 1e-3  # combine="mean": pairs below this responsibility are skipped (the rest renormalised)
 
 
@@ -300,19 +301,21 @@ def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: 
         w = weights[rows, slots]
         keep = w > WEIGHT_FLOOR  # pairs that cannot move the average are not evaluated
         rows, slots, pair_idx, w = rows[keep], slots[keep], pair_idx[keep], w[keep]
-        if rows.numel() == 0:
-            continue
-        scale = model.scales.to(dtype)[pairs[pair_idx, 1]][:, None]
-        c = coords.index_select(0, rows) / scale
         chart = mixture.charts[k]
-        if tangent_step:
-            on_manifold = _tangent_map_step(chart, c.to(net_dtype), float(sigma[k]) ** 2 + noise_var / scale.to(net_dtype) ** 2,
-                                            tangent_scale * model.latent_variance()).to(dtype)
-        else:
-            on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
-        shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
-        out.index_add_(0, rows, w[:, None] * scale * (on_manifold + shrink * (c - on_manifold)))
-        kept_mass.index_add_(0, rows, w)
+        # in chunks: the tangent step's forward-mode intermediates are (rows, width, d)
+        for part in torch.arange(rows.numel(), device=rows.device).split(DENOISE_CHUNK):
+            r, wp = rows[part], w[part]
+            scale = model.scales.to(dtype)[pairs[pair_idx[part], 1]][:, None]
+            c = coords.index_select(0, r) / scale
+            if tangent_step:
+                var = float(sigma[k]) ** 2 + noise_var / scale.to(net_dtype) ** 2
+                on_manifold = _tangent_map_step(chart, c.to(net_dtype), var,
+                                                tangent_scale * model.latent_variance()).to(dtype)
+            else:
+                on_manifold = chart.decode(chart.encode(c.to(net_dtype))).to(dtype)
+            shrink = float(sigma[k]) ** 2 / (float(sigma[k]) ** 2 + noise_var / scale**2)
+            out.index_add_(0, r, wp[:, None] * scale * (on_manifold + shrink * (c - on_manifold)))
+            kept_mass.index_add_(0, r, wp)
     return model.patches_from_coords(out / kept_mass[:, None], means)
 
 
