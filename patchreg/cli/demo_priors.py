@@ -25,7 +25,6 @@ from ..metrics import psnr, ssim
 from ..physics import Denoising, GaussianNoise, simulate
 from .demo import DEMO_STAGES
 
-PATCHNR_LAM_DENOISE = 0.15  # the CLI's default for denoising with the mean patch NLL
 
 
 def _restorers(args, sigma, physics):
@@ -45,7 +44,10 @@ def _restorers(args, sigma, physics):
     def patchnr(y):
         flow = PatchFlow.load(resolve_checkpoint("pretrained:flow"))
         prior = PatchNR(flow, n_patches=args.patchnr_patches, seed=args.seed)
-        x, _ = reconstruct(y, physics, prior, PATCHNR_LAM_DENOISE, steps=args.patchnr_steps, lr=0.01,
+        # R is a mean over patches: lam = (number of patches) / d makes the objective EPLL's MAP energy
+        H, W = y.shape[-2:]
+        lam = (H - flow.patch_size + 1) * (W - flow.patch_size + 1) / flow.dim
+        x, _ = reconstruct(y, physics, prior, lam, steps=args.patchnr_steps, lr=0.01,
                            clamp=(0.0, 1.0), progress=False)
         return x, f"flow, Adam, N_p={args.patchnr_patches}, {args.patchnr_steps} its (reduced)"
 
