@@ -11,7 +11,7 @@ Patches: --n random 6x6 patches of the 40 validation images (seeded). Two units:
 Chart mixtures are scored exactly (all charts) and with the selector's top 2 (what the prior uses).
 
     python bench/patch_nll_table.py --gmm pretrained:gmm --flow pretrained:flow \
-        --charts pretrained:charts [more chart checkpoints] --out bench/results/patch_nll.md
+        --charts pretrained:charts [more chart checkpoints] --unscaled --out bench/results/patch_nll.md
 """
 
 from __future__ import annotations
@@ -71,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--gmm", default="pretrained:gmm")
     ap.add_argument("--flow", default="pretrained:flow")
     ap.add_argument("--charts", nargs="*", default=["pretrained:charts"])
+    ap.add_argument("--unscaled", action="store_true",
+                    help="also score each chart model without its contrast scales (the trained charts alone)")
     ap.add_argument("--n", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/patch_nll.md")
@@ -100,11 +102,21 @@ def main(argv=None):
         with torch.no_grad():
             lp = torch.cat([flow.log_prob(c.float()).double() for c in val.split(4096)])
         add("PatchNR flow", None, lp, time.perf_counter() - start, "raw patches")
+    models = []
     for spec in args.charts:
         model = PatchCharts.load(resolve(spec))
+        models.append((f"({Path(str(resolve(spec))).name})", model))
+        if args.unscaled and model.scales.numel() > 1:
+            # the same trained charts without the contrast scale mixture: scale 1 with the charts' own weights
+            bare = PatchCharts.load(resolve(spec))
+            log_alpha = bare.mixture.log_alpha.detach()[:, None]
+            bare.scales = torch.ones(1, dtype=bare.scales.dtype)
+            bare.scale_log_alpha = log_alpha.masked_fill(log_alpha < math.log(1e-10), -math.inf)
+            models.append((f"({Path(str(resolve(spec))).name}, trained charts only, no contrast scales)", bare))
+    for label, model in models:
         m = model.mixture
         cfg = m.config
-        name = f"charts {cfg['family']}:{cfg['architecture']} K={m.n_charts} d={m.latent_dim} ({Path(str(resolve(spec))).name})"
+        name = f"charts {cfg['family']}:{cfg['architecture']} K={m.n_charts} d={m.latent_dim} {label}"
         start = time.perf_counter()
         exact = torch.cat([chart_patch_log_prob(model, c.float(), None, compute_grad=False)[0].double()
                            for c in coords.split(4096)])
@@ -116,7 +128,7 @@ def main(argv=None):
             add(name + ", top 2 charts", top, top + dc_lp, time.perf_counter() - start)
     lines = ["# Held-out NLL of the patch priors (nats per 6x6 patch, lower is better)", "",
              f"Command: `python bench/patch_nll_table.py --gmm {args.gmm} --flow {args.flow} --charts {' '.join(args.charts)} "
-             f"--n {args.n} --seed {args.seed}`", "",
+             f"--n {args.n} --seed {args.seed}{' --unscaled' if args.unscaled else ''}`", "",
              f"{args.n} random patches of the 40 validation images of train400 (seed {args.seed}). 'mean-free': the 35 "
              "coordinates without the patch mean; 'full patch': all 36 pixels (mean-free models plus a 1-D DC density "
              f"fitted on training patches, DC NLL alone {float(-dc_lp.mean()):.2f}).", "",
