@@ -455,7 +455,7 @@ def test_charts_prior_with_gradient_solvers(files, tmp_path, capsys, fake_charts
     (name, kwargs) = fake_charts[1]
     assert name == "ChartPrior"
     assert kwargs["n_patches"] == (None if n_patches is None else int(n_patches))
-    assert kwargs["top_charts"] == cli_reconstruct.DEFAULT_TOP_CHARTS and kwargs["stride"] == 1
+    assert kwargs["top_charts"] == cli_reconstruct.DEFAULT_TOP_CHARTS[solver] and kwargs["stride"] == 1
     lam = json.loads((tmp_path / "m.json").read_text())["lam"]
     assert lam == pytest.approx(cli_reconstruct.DEFAULT_CHARTS_LAM_SCALE["denoise"] * (SIZE - 2) ** 2 / 9)
 

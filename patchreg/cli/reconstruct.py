@@ -35,7 +35,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # patchreg.data.loa
 INPAINT_BETAS = [2.0**i / 0.3**2 for i in range(6)]
 DEFAULT_STEPS = 300  # gradient solvers
 DEFAULT_N_PATCHES = 40_000  # patchnr's random patches per iteration
-DEFAULT_TOP_CHARTS = 2
+# (chart, scale) pairs kept per patch: HQS keeps 1 (validation, sigma 25: 0.03 dB below 2 at 0.6x the time,
+# bench/results/chart_prior_tuning_top.md); the gradient solvers 4 (log p error 0.94 nats/patch on clean patches)
+DEFAULT_TOP_CHARTS = {"hqs": 1, "adam": 4, "lbfgs": 4}
 # PatchNR's lam per task (mean patch NLL): the paper's values for CT and x4 SR; tune the others.
 DEFAULT_PATCHNR_LAM = {"ct": 700.0, "sr": 0.15, "deblur": 0.15, "denoise": 0.15, "inpaint": 0.15}
 # Gradient solvers (adam, lbfgs) with the epll or charts prior: lam weighs the mean patch NLL (as
@@ -102,7 +104,7 @@ def register(subparsers) -> None:
                         help=f"patchnr, or charts with adam: random patches per iteration (patchnr default "
                              f"{DEFAULT_N_PATCHES}; charts default: all patches)")
     solver.add_argument("--top-charts", type=int, default=None,
-                        help=f"charts: charts evaluated per patch (default {DEFAULT_TOP_CHARTS})")
+                        help=f"charts: (chart, scale) pairs evaluated per patch (default per solver: {DEFAULT_TOP_CHARTS})")
     solver.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     solver.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -507,7 +509,7 @@ def _solve(args, model, y, physics, sigma, image_shape):
 
             return epll_restore(y, op, model, sigma, betas=betas, lam=args.lam, x0=x0, progress=progress), args.lam
         charts_restore = _charts_api()[2]
-        top = DEFAULT_TOP_CHARTS if args.top_charts is None else args.top_charts
+        top = DEFAULT_TOP_CHARTS["hqs"] if args.top_charts is None else args.top_charts
         x = charts_restore(y, op, model, sigma, betas=betas, lam=args.lam, x0=x0, top_charts=top, progress=progress)
         return x, args.lam
 
@@ -522,7 +524,7 @@ def _solve(args, model, y, physics, sigma, image_shape):
         prior = PatchNR(model, n_patches=n_patches, seed=args.seed)
     else:
         ChartPrior = _charts_api()[1]
-        top = DEFAULT_TOP_CHARTS if args.top_charts is None else args.top_charts
+        top = DEFAULT_TOP_CHARTS[args.solver] if args.top_charts is None else args.top_charts
         prior = ChartPrior(model, stride=1, n_patches=args.n_patches, top_charts=top, reduction="mean", seed=args.seed)
     lam = _gradient_lam(args, model, image_shape) if args.lam is None else args.lam
     x, _ = reconstruct(y, physics, prior, lam, solver=args.solver, steps=args.steps, lr=args.lr, progress=progress)
