@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data import bundled_image, to_tensor
@@ -29,7 +28,7 @@ from .demo import DEMO_STAGES
 
 def _restorers(args, sigma, physics):
     from ..pretrained import resolve_checkpoint
-    from ..priors import GMM, ChartPrior, PatchCharts, PatchFlow, PatchNR, charts_restore, epll_restore  # noqa: F401
+    from ..priors import GMM, PatchCharts, PatchFlow, PatchNR, charts_restore, epll_restore
     from ..reconstruct import reconstruct
 
     def epll(y):

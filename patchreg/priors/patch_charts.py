@@ -90,7 +90,7 @@ class PatchCharts(torch.nn.Module):
         if tuple(basis.shape) != (self.dim, self.dim - 1):
             raise ValueError(f"basis must have shape {(self.dim, self.dim - 1)}, got {tuple(basis.shape)}")
         self.register_buffer("basis", basis.to(dtype))
-        K, n = mixture.n_charts, mixture.ambient_dim
+        n = mixture.ambient_dim
         self.register_buffer("selector_means", torch.zeros(0, n, dtype=dtype))
         self.register_buffer("selector_prec_chol", torch.zeros(0, n, n, dtype=dtype))
         self.register_buffer("selector_log_const", torch.zeros(0, dtype=dtype))
