@@ -107,6 +107,21 @@ def test_npy_output_writes_only_the_float_array(files, tmp_path, capsys):
     assert estimate.shape == (SIZE, SIZE) and estimate.dtype == np.float64
 
 
+@pytest.mark.parametrize("solver", ["hqs", "lbfgs"])
+def test_float32_default_matches_float64_precision(files, tmp_path, capsys, solver):
+    estimates = {}
+    for precision in ("float32", "float64"):
+        out = tmp_path / f"{precision}.npy"
+        argv = [*base(files, out), "--image", files["image"], "--solver", solver]
+        argv += ["--steps", "20"] if solver == "lbfgs" else []
+        if precision == "float64":
+            argv += ["--precision", "float64"]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        estimates[precision] = np.load(out)
+    difference = np.abs(estimates["float32"] - estimates["float64"]).max()
+    assert 0 < difference < 1e-4  # a different arithmetic, the same estimate
+
 @pytest.mark.parametrize("output, metrics, fragment", [
     ("x.jpg", None, "--output must end in .png or .npy, got"),
     ("x", None, "--output must end in .png or .npy"),
@@ -363,7 +378,8 @@ def test_patchnr_runs_with_adam(files, tmp_path, capsys):
     code, stdout, err = run_cli(capsys, *argv)
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["solver"] == "adam" and metrics["lam"] == cli_reconstruct.DEFAULT_PATCHNR_LAM["denoise"]
+    assert metrics["solver"] == "adam" and metrics["lam"] == pytest.approx(
+        cli_reconstruct.DEFAULT_PATCHNR_LAM_SCALE["denoise"] * (SIZE - 3 + 1) ** 2 / 9)  # 3x3 flow: n_patches / d
 
 
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])

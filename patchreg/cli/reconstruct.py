@@ -38,10 +38,7 @@ DEFAULT_N_PATCHES = 40_000  # patchnr's random patches per iteration
 # (chart, scale) pairs kept per patch: HQS keeps 1 (validation, sigma 25: 0.03 dB below 2 at 0.6x the time,
 # bench/results/chart_prior_tuning_top.md); the gradient solvers 4 (log p error 0.94 nats/patch on clean patches)
 DEFAULT_TOP_CHARTS = {"hqs": 1, "adam": 4, "lbfgs": 4}
-# PatchNR's lam per task (mean patch NLL): the paper's values for CT and x4 SR; tune the others.
-DEFAULT_PATCHNR_LAM = {"ct": 700.0, "sr": 0.15, "deblur": 0.15, "denoise": 0.15, "inpaint": 0.15}
-# Gradient solvers (adam, lbfgs) with the epll or charts prior: lam weighs the mean patch NLL (as
-# for patchnr) and defaults to SCALE[task] * n_patches / d, n_patches = (H - p + 1)(W - p + 1) and
+# Gradient solvers (adam, lbfgs), every prior: lam weighs the mean patch NLL and defaults to SCALE[task] * n_patches / d, n_patches = (H - p + 1)(W - p + 1) and
 # d the patch dimension. Scale 1 makes the objective EPLL's energy (data NLL + (1/d) * sum of the
 # patch NLLs: Zoran & Weiss's data weight d / sigma^2, divided by d). On a 64x64 crop of
 # `camera` (L-BFGS, 100 steps, bench/results/gmm_k200_p6) scale 1 gave 27.7 dB for denoising at
@@ -49,6 +46,11 @@ DEFAULT_PATCHNR_LAM = {"ct": 700.0, "sr": 0.15, "deblur": 0.15, "denoise": 0.15,
 # for denoising. Tune per task.
 DEFAULT_EPLL_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0, "inpaint": 1.0}
 DEFAULT_CHARTS_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0, "inpaint": 1.0}
+# PatchNR (a mean over N_p random patches) on the same scale. The paper's lam (700 for CT, 0.15 for
+# x4 SR) belongs to its unweighted data terms: with our data NLL ||Ax - y||^2 / (2 sigma^2) 0.15 left
+# a sigma-25 denoising visibly noisy (demo: lam = n_patches / d gave 28.3 dB where 0.15 gave ~21 dB).
+DEFAULT_PATCHNR_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0, "inpaint": 1.0}
+LAM_SCALES = {"epll": DEFAULT_EPLL_LAM_SCALE, "charts": DEFAULT_CHARTS_LAM_SCALE, "patchnr": DEFAULT_PATCHNR_LAM_SCALE}
 
 
 def register(subparsers) -> None:
@@ -95,7 +97,7 @@ def register(subparsers) -> None:
                              "charts, adam for patchnr")
     solver.add_argument("--lam", type=float, default=None,
                         help="hqs: data weight (> 0, default d/sigma^2); adam/lbfgs: weight (>= 0) of the mean patch "
-                             "NLL (patchnr: per-task defaults; epll, charts: n_patches/d, EPLL's energy)")
+                             "NLL (default: a per-task scale times n_patches/d, EPLL's MAP energy)")
     solver.add_argument("--betas", type=str, default=None,
                         help="hqs: comma-separated splitting penalties (default (1/sigma^2)[1,4,8,16,32])")
     solver.add_argument("--steps", type=int, default=None, help=f"adam/lbfgs: iterations (default {DEFAULT_STEPS})")
@@ -105,6 +107,9 @@ def register(subparsers) -> None:
                              f"{DEFAULT_N_PATCHES}; charts default: all patches)")
     solver.add_argument("--top-charts", type=int, default=None,
                         help=f"charts: (chart, scale) pairs evaluated per patch (default per solver: {DEFAULT_TOP_CHARTS})")
+    solver.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                        help="arithmetic of the solver (default float32: twice as fast as float64, PSNR equal to "
+                             "1e-3 dB on Set12; float64 for ill-conditioned operators)")
     solver.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     solver.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -485,9 +490,7 @@ def _charts_api():
 
 def _gradient_lam(args, model, image_shape) -> float:
     """Default lam of the gradient solvers (see DEFAULT_*_LAM*)."""
-    if args.prior == "patchnr":
-        return DEFAULT_PATCHNR_LAM[args.task]
-    scale = (DEFAULT_EPLL_LAM_SCALE if args.prior == "epll" else DEFAULT_CHARTS_LAM_SCALE)[args.task]
+    scale = LAM_SCALES[args.prior][args.task]
     p = model.patch_size
     H, W = image_shape[-2:]
     dim = getattr(model, "dim", p * p)
@@ -496,7 +499,10 @@ def _gradient_lam(args, model, image_shape) -> float:
 
 def _solve(args, model, y, physics, sigma, image_shape):
     """(estimate (1, 1, H, W), lam used or None for the HQS default)."""
+    import torch
+
     progress = not args.quiet
+    y = y.to(getattr(torch, args.precision))  # the solvers work in the observation's dtype
     if args.solver == "hqs":
         if args.betas_list is not None:
             betas = args.betas_list
@@ -589,6 +595,7 @@ def run(args) -> int:
     start = time.perf_counter()
     x, lam = _solve(args, model, y, physics, sigma, image_shape)
     seconds = time.perf_counter() - start
+    x = x.double()  # metrics and the .npy output are float64 whatever --precision was
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"the reconstruction diverged (non-finite values) with --solver {args.solver}; "
                          "try a smaller --lr or --lam, or --solver hqs")
