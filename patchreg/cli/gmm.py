@@ -12,13 +12,16 @@ def register_train(train_subparsers) -> None:
         description=(
             "Fit a full-covariance GMM on random patches of gray images. Every EM iteration "
             "streams the same --patches-per-iter patches (rewound sampler) in batches; the model "
-            "is saved atomically after each iteration, and --resume continues from --out."
+            "is saved atomically after each iteration, and --resume continues from --out. "
+            "Several processes: torchrun --nproc_per_node N -m patchreg train gmm ... (gloo; every rank "
+            "streams its own patches, the EM statistics are all-reduced in float64, rank 0 saves)."
         ),
     )
     p.add_argument("--images", required=True, help="a folder of png/jpg/tif images, or 'bundled' (train split)")
     p.add_argument("--patch-size", type=int, default=6)
     p.add_argument("--components", type=int, default=200, help="number of mixture components K")
-    p.add_argument("--patches-per-iter", type=int, default=1_000_000, help="patches per EM iteration")
+    p.add_argument("--patches-per-iter", type=int, default=1_000_000,
+                   help="patches per EM iteration (under torchrun: in all, split over the processes)")
     p.add_argument("--batch-size", type=int, default=8192, help="patches per streamed batch")
     p.add_argument("--iters", type=int, default=30, help="maximum EM iterations")
     p.add_argument("--tol", type=float, default=1e-4, help="stop when the mean log-likelihood gains less")
@@ -33,20 +36,36 @@ def register_train(train_subparsers) -> None:
 
 
 def run(args) -> int:
+    from .. import distributed
+
+    if args.patches_per_iter < 1:
+        raise ValueError(f"--patches-per-iter must be >= 1, got {args.patches_per_iter}")
+    with distributed.session("cpu") as world:
+        if args.patches_per_iter < world.world_size:
+            raise ValueError(f"--patches-per-iter ({args.patches_per_iter}) must be >= the number of processes "
+                             f"({world.world_size})")
+        return _fit(args, world)
+
+
+def _fit(args, world) -> int:
+    """Under torchrun every rank streams its own patches (seed per rank) and fits its share of
+    --patches-per-iter; the EM statistics are all-reduced (see GMM.fit); rank 0 saves and reports."""
     import torch
 
     from ..data import PatchSampler, load_images
+    from ..distributed import rank_seed, split_count
     from ..priors.gmm import GMM
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
+    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size,
+                           seed=rank_seed(args.seed, world.rank))
     model = GMM(args.components, args.patch_size, remove_mean=not args.keep_mean)
     start = time.perf_counter()
     model.fit(
         sampler,
         n_iter=args.iters,
-        patches_per_iter=args.patches_per_iter,
+        patches_per_iter=split_count(args.patches_per_iter, world),
         batch_size=args.batch_size,
         tol=args.tol,
         covariance_floor=args.covariance_floor,
@@ -55,6 +74,8 @@ def run(args) -> int:
         resume=args.resume,
         progress=not args.quiet,
     )
+    if not world.is_main:
+        return 0
     model.save(args.out)
     elapsed = time.perf_counter() - start
     last = f"{model.history[-1]:.4f}" if model.history else "n/a"

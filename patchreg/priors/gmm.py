@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import io
+from .. import distributed, io
 from .._checks import check_int, check_tensor
 from ..ops.gmm import gmm_log_prob
 from ..ops.patches import extract_patches
@@ -215,6 +215,13 @@ class GMM(torch.nn.Module):
             less than tol. checkpoint: path written atomically after every iteration; with
             resume=True an existing checkpoint there is loaded and training continues from it.
         seed: seeds the initialisation (and nothing else is random).
+        Under torch.distributed (an initialised process group of N > 1 ranks, e.g. torchrun),
+            `source` is this rank's shard: the initialisation runs on the first `init_size`
+            patches of the shards concatenated in rank order, every E-step's sufficient
+            statistics are all-reduced in float64, and rank 0 broadcasts the parameters and
+            alone writes `checkpoint` and shows progress; N ranks thus fit the model one process
+            fits on the shards concatenated (up to float64 summation order).
+            `patches_per_iter` is per rank.
         """
         n_iter = check_int("n_iter", n_iter, 1)
         batch_size = check_int("batch_size", batch_size, 1)
@@ -223,6 +230,8 @@ class GMM(torch.nn.Module):
         if tol < 0:
             raise ValueError(f"tol must be >= 0, got {tol}")
         stream = _PatchStream(source, self.dim, batch_size, patches_per_iter)
+        world = distributed.current_world()
+        progress = progress and world.is_main
         self.hyperparameters = {
             "n_iter": n_iter,
             "patches_per_iter": stream.per_iter,
@@ -232,29 +241,54 @@ class GMM(torch.nn.Module):
             "kmeans_iter": kmeans_iter,
             "seed": seed,
         }
+        if world.distributed:
+            self.hyperparameters.update(world_size=world.world_size, patches_per_iter_per_rank=stream.per_iter)
+            self.hyperparameters["patches_per_iter"] = int(
+                distributed.all_reduce_sum(torch.tensor([float(stream.per_iter)], dtype=torch.float64))[0]
+            )
         start = 0
-        if resume and checkpoint is not None and Path(checkpoint).is_file():
-            start = self._resume_from(checkpoint)
+        # Rank 0 decides (only its file system need hold the checkpoint) and broadcasts the outcome.
+        resuming = distributed.broadcast_object(bool(resume and checkpoint is not None and Path(checkpoint).is_file()))
+        if resuming:
+            start = self._resume_from(checkpoint) if world.is_main else 0
+            if world.distributed:
+                start = self._share_state(start)
             if self.hyperparameters.get("converged"):
                 return self
         else:
             self.history = []
             init_size = init_size or max(50 * self.n_components, 10000)
-            init = self._prepare(stream.first(init_size).to(torch.float64))
+            first = distributed.gather_rows(stream.first(init_size))[:init_size]
+            init = self._prepare(first.to(torch.float64))
             self._initialize(init, kmeans_iter, covariance_floor, seed)
+            distributed.broadcast_tensors(self._parameter_tensors())
         bar = tqdm(range(start, n_iter), desc="EM", disable=not progress, initial=start, total=n_iter)
         for iteration in bar:
             stats = self._e_step(stream, progress)
             self.history.append(stats.mean_loglik)
             self._m_step(stats, covariance_floor)
+            distributed.broadcast_tensors(self._parameter_tensors())  # every rank holds rank 0's M-step
             converged = len(self.history) > 1 and abs(self.history[-1] - self.history[-2]) < tol
+            converged = distributed.broadcast_object(converged)  # all ranks stop together
             self.hyperparameters.update(iterations_done=iteration + 1, converged=converged)
-            if checkpoint is not None:
+            if checkpoint is not None and world.is_main:
                 self.save(checkpoint)
             bar.set_postfix(loglik=f"{stats.mean_loglik:.4f}")
             if converged:
                 break
         return self
+
+    def _parameter_tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.weights, self.means, self.covariances
+
+    def _share_state(self, start: int) -> int:
+        """Rank 0's resumed parameters, history and progress on every rank; returns the start iteration."""
+        distributed.broadcast_tensors(self._parameter_tensors())
+        shared = distributed.broadcast_object((start, self.history, self.hyperparameters.get("iterations_done"),
+                                               self.hyperparameters.get("converged")))
+        start, self.history, done, converged = shared
+        self.hyperparameters.update(iterations_done=done, converged=converged)
+        return start
 
     def _resume_from(self, checkpoint) -> int:
         other = GMM.load(checkpoint)
@@ -305,6 +339,7 @@ class GMM(torch.nn.Module):
             loglik = torch.logsumexp(comp, dim=1)
             resp = torch.exp(comp - loglik[:, None])
             stats.add(x.to(torch.float64), resp, float(loglik.sum()))
+        stats.all_reduce()
         if stats.count == 0:
             raise ValueError("the patch source yielded no patches")
         return stats
@@ -400,6 +435,16 @@ class _Statistics:
         # The symmetric outer products x x^T need only their upper triangle (half the GEMM).
         outer = x[:, self._rows] * x[:, self._cols]
         self.second_upper += resp.T @ outer
+
+    def all_reduce(self) -> None:
+        """Sum the statistics of every rank, in float64 (a no-op for one process)."""
+        if not distributed.current_world().distributed:
+            return
+        for tensor in (self.resp_sum, self.first, self.second_upper):
+            distributed.all_reduce_sum(tensor)
+        scalars = torch.tensor([float(self.count), self.loglik_sum], dtype=torch.float64, device=self.first.device)
+        distributed.all_reduce_sum(scalars)
+        self.count, self.loglik_sum = int(scalars[0]), float(scalars[1])
 
     def second_matrix(self) -> torch.Tensor:
         K, d = self.first.shape
