@@ -107,3 +107,80 @@ def test_two_ranks_resume_a_gmm_checkpoint(tmp_path):
         assert result["done_before"] == 3
         torch.testing.assert_close(result["covariances"], reference.covariances, rtol=1e-10, atol=1e-12)
         assert result["history"] == pytest.approx(reference.history, rel=1e-12)
+
+
+# --------------------------------------------------------------------------- flow: DistributedDataParallel
+class _FixedBatches:
+    """A sampler whose k-th draw is rows [k * n, (k + 1) * n) of the given patches (one rank's share)."""
+
+    def __init__(self, patches: torch.Tensor, rank: int = 0, world_size: int = 1):
+        self.patches, self.rank, self.world_size, self.draws = patches, rank, world_size, 0
+
+    def reset(self):
+        self.draws = 0
+
+    def sample(self, n: int) -> torch.Tensor:
+        step = self.patches[self.draws * n * self.world_size:(self.draws + 1) * n * self.world_size]
+        self.draws += 1
+        return step[self.rank * n:(self.rank + 1) * n]
+
+
+def _flow_patches() -> torch.Tensor:
+    return torch.rand(3 * 16, 9, generator=torch.Generator().manual_seed(4))
+
+
+def _small_flow():
+    from patchreg.priors.flow import PatchFlow
+
+    return PatchFlow(patch_size=3, n_blocks=2, hidden=16, seed=2)
+
+
+def _flow_state(flow) -> dict:
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
+def _train_flow_shard(checkpoint: str, steps: int, resume: bool):
+    world = distributed.current_world()
+    flow = _small_flow()
+    sampler = _FixedBatches(_flow_patches(), world.rank, world.world_size)
+    history = flow.fit(sampler, steps, lr=1e-2, batch_size=16, checkpoint=checkpoint, checkpoint_every=1,
+                       resume=resume, progress=False, log_every=1)
+    return {"state": _flow_state(flow), "history": history}
+
+
+def test_ddp_flow_steps_equal_the_one_process_steps(tmp_path):
+    reference = _small_flow()
+    history = reference.fit(_FixedBatches(_flow_patches()), 3, lr=1e-2, batch_size=16, progress=False, log_every=1)
+    ranks = run_world(_train_flow_shard, 2, tmp_path, str(tmp_path / "flow.safetensors"), 3, False)
+    for result in ranks:
+        for key, value in _flow_state(reference).items():
+            torch.testing.assert_close(result["state"][key], value, rtol=1e-5, atol=1e-6)
+        assert [s for s, _ in result["history"]] == [1, 2, 3]
+        assert [v for _, v in result["history"]] == pytest.approx([v for _, v in history], rel=1e-5)
+    untrained = _flow_state(_small_flow())
+    assert any(not torch.allclose(untrained[k], v) for k, v in ranks[0]["state"].items())  # the steps moved it
+    from patchreg import io
+
+    header = io.load_checkpoint(tmp_path / "flow.safetensors", "flow")[1]
+    assert header["training"]["step"] == 3 and header["training"]["world_size"] == 2
+
+
+def _train_flow_interrupted_then_resumed(checkpoint: str):
+    _train_flow_shard(checkpoint, 2, False)
+    distributed.barrier()
+    return _train_flow_shard(checkpoint, 3, True)
+
+
+def test_ddp_flow_resumes_its_checkpoint(tmp_path):
+    reference = _small_flow()
+    reference.fit(_FixedBatches(_flow_patches()), 3, lr=1e-2, batch_size=16, progress=False)
+    ranks = run_world(_train_flow_interrupted_then_resumed, 2, tmp_path, str(tmp_path / "flow.safetensors"))
+    for key, value in _flow_state(reference).items():
+        torch.testing.assert_close(ranks[1]["state"][key], value, rtol=1e-5, atol=1e-6)
+
+
+def test_flow_global_batch_must_split_evenly():
+    from patchreg.priors.flow_training import _local_batch_size
+
+    with pytest.raises(ValueError, match="batch_size=15 must be a multiple of the number of processes"):
+        _local_batch_size(15, distributed.World(0, 2, 0, True))
