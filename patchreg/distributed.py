@@ -125,10 +125,13 @@ def cleanup() -> None:
 
 
 @contextlib.contextmanager
-def session(device="cpu", backend: str | None = None):
-    """`with session(device) as world:` init on entry, cleanup on exit (only if this call initialised)."""
+def session(device="cpu", backend: str | None = None, timeout_s: float = 1800.0):
+    """`with session(device) as world:` init on entry, cleanup on exit (only if this call initialised).
+
+    timeout_s bounds every collective, e.g. how long ranks wait for the slowest at a barrier.
+    """
     owned = not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    world = init(device, backend)
+    world = init(device, backend, timeout_s)
     try:
         yield world
     finally:

@@ -69,12 +69,16 @@ def register(subparsers) -> None:
     source.add_argument("--observation",
                         help="measurement as .npy or gray image: (H, W) image ((H/f, W/f) for sr) or "
                              "(angles, detectors) sinogram for ct; (1, H, W) and (1, 1, H, W) are squeezed")
+    source.add_argument("--images", metavar="DIR",
+                        help="a folder of clean images (as --image, one seed each: --seed + index); writes "
+                             "--output-dir, skips images already done, sharded over ranks under torchrun")
+    p.add_argument("--output-dir", help="with --images: the folder for the estimates, metrics and summary")
     p.add_argument("--reference", help="clean image (.png etc. or .npy) for metrics when --observation is given")
     p.add_argument("--mask", help="inpainting mask .npy or image (nonzero = observed), with --observation")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
                    help="image size for --task ct with --observation (default: --reference's)")
-    p.add_argument("--output", required=True,
-                   help="estimate as .png (clipped, 8 bits; a float64 .npy is written beside it) or .npy "
+    p.add_argument("--output",
+                   help="(required unless --images) estimate as .png (clipped, 8 bits; a float64 .npy is written beside it) or .npy "
                         "(float64 only)")
     p.add_argument("--metrics", help="JSON file for PSNR, SSIM, time and settings")
     p.add_argument("--seed", type=int, default=0, help="seeds the simulated noise, mask and random patches")
@@ -579,6 +583,15 @@ def _write_outputs(args, x, clean, seconds, sigma, lam) -> dict:
 
 
 def run(args) -> int:
+    if getattr(args, "images", None) is not None:
+        from .reconstruct_folder import run_folder
+
+        return run_folder(args)
+    for option, value in (("--output-dir", getattr(args, "output_dir", None)),):
+        if value is not None:
+            raise ValueError(f"{option} applies only with --images DIR")
+    if args.output is None:
+        raise ValueError("--output is required (or --images DIR with --output-dir)")
     # Everything that can be checked without loading or computing, first.
     _check_options(args)
     _check_outputs(args)
@@ -591,6 +604,17 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     clean, y, physics, sigma, image_shape = _load_problem(args)
     model = _load_model(args, args.checkpoint_path)
+    metrics = _solve_and_write(args, model, clean, y, physics, sigma, image_shape)
+    seconds = metrics["seconds"]
+    summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, " if "psnr" in metrics else ""
+    print(f"{args.task} with {args.prior} ({args.solver}): {summary}{seconds:.2f} s; wrote {args.output}")
+    return 0
+
+
+def _solve_and_write(args, model, clean, y, physics, sigma, image_shape) -> dict:
+    """Reconstruct one loaded problem with a loaded model, write --output (and --metrics); returns the metrics."""
+    import torch
+
     _check_patch_fits(model, image_shape, args)
     start = time.perf_counter()
     x, lam = _solve(args, model, y, physics, sigma, image_shape)
@@ -599,7 +623,4 @@ def run(args) -> int:
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"the reconstruction diverged (non-finite values) with --solver {args.solver}; "
                          "try a smaller --lr or --lam, or --solver hqs")
-    metrics = _write_outputs(args, x, clean, seconds, sigma, lam)
-    summary = f"PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.4f}, " if "psnr" in metrics else ""
-    print(f"{args.task} with {args.prior} ({args.solver}): {summary}{seconds:.2f} s; wrote {args.output}")
-    return 0
+    return _write_outputs(args, x, clean, seconds, sigma, lam)
