@@ -184,3 +184,107 @@ def test_flow_global_batch_must_split_evenly():
 
     with pytest.raises(ValueError, match="batch_size=15 must be a multiple of the number of processes"):
         _local_batch_size(15, distributed.World(0, 2, 0, True))
+
+
+# --------------------------------------------------------------------------- chart mixtures: DDP
+CHART_PHASES = ("pretrain", "mixture", "overlap")
+
+
+def _chart_setup():
+    from patchreg.charts import TrainConfig, build_mixture
+
+    torch.manual_seed(0)
+    model = build_mixture("fif", 2, 4, 2, width=8, n_blocks=1).double()
+    config = TrainConfig(pretrain_steps=1, mixture_steps=1, overlap_steps=1, batch_size=16, lr=1e-2)
+    g = torch.Generator().manual_seed(5)
+    batches = [torch.randn(16, 4, generator=g, dtype=torch.float64) for _ in CHART_PHASES]
+    centers = torch.tensor([[1.0, 0, 0, 0], [-1.0, 0, 0, 0]], dtype=torch.float64)
+    return model, config, batches, centers
+
+
+def _chart_ddp_steps():
+    from patchreg.charts.training import training_step, wrap_for_training
+
+    world = distributed.current_world()
+    model, config, batches, centers = _chart_setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_of = wrap_for_training(model, config, torch.Generator().manual_seed(100 + world.rank))
+    for step, (phase, x) in enumerate(zip(CHART_PHASES, batches)):
+        training_step(loss_of, model, optimizer, x[8 * world.rank:8 * (world.rank + 1)], config, phase, centers, step)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ddp_chart_steps_equal_the_one_process_steps_on_the_global_batch(tmp_path):
+    from patchreg.charts.training import mixture_loss
+
+    model, config, batches, centers = _chart_setup()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generators = [torch.Generator().manual_seed(100 + r) for r in range(2)]  # each half's noise draws
+    for phase, x in zip(CHART_PHASES, batches):
+        halves = [mixture_loss(model, x[8 * r:8 * (r + 1)], config, phase, centers, generators[r]) for r in range(2)]
+        loss = (halves[0][0] + halves[1][0]) / 2  # the mean over the 16 points
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        if phase != "pretrain":
+            with torch.no_grad():
+                w = torch.cat([halves[0][1], halves[1][1]]).mean(0)
+                alpha = config.alpha_momentum * model.log_alpha.exp() + (1 - config.alpha_momentum) * w
+                model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
+    ranks = run_world(_chart_ddp_steps, 2, tmp_path)
+    start = _chart_setup()[0].state_dict()
+    for result in ranks:
+        for key, value in model.state_dict().items():
+            torch.testing.assert_close(result[key], value, rtol=1e-9, atol=1e-12)
+    assert any(not torch.equal(start[k], v) for k, v in ranks[0].items() if k != "log_alpha")
+    assert not torch.equal(start["log_alpha"], ranks[0]["log_alpha"])
+
+
+class _Killed(Exception):
+    pass
+
+
+def _train_charts_points(checkpoint: str | None, resume: bool, kill_at_draw: int | None = None):
+    from patchreg.charts import TrainConfig, build_mixture, train_mixture
+
+    torch.manual_seed(0)
+    model = build_mixture("fif", 2, 3, 1, width=8, n_blocks=1)
+    points = torch.randn(400, 3, generator=torch.Generator().manual_seed(1))
+    draws = []
+
+    def sampler(n, generator):  # every rank draws with its own stream; a "kill" stops all ranks at one step
+        draws.append(n)
+        if len(draws) == kill_at_draw:
+            raise _Killed
+        return points[torch.randint(400, (n,), generator=generator)]
+
+    config = TrainConfig(pretrain_steps=2, mixture_steps=4, overlap_steps=2, batch_size=16, seed_points=200,
+                         checkpoint_every=2, log_every=1)
+    try:
+        train_mixture(model, sampler, config, checkpoint, resume=resume, progress=False)
+    except _Killed:
+        return None
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _train_charts_killed_then_resumed(checkpoint: str):
+    whole = _train_charts_points(None, False)
+    assert _train_charts_points(checkpoint, False, kill_at_draw=7) is None  # seeding + 5 steps + the 6th's draw
+    from patchreg import io
+
+    step = io.load_checkpoint(checkpoint, "charts")[1]["training"]["step"]
+    return {"whole": whole, "killed_at": step, "resumed": _train_charts_points(checkpoint, True)}
+
+
+def test_ddp_chart_training_resumes_every_rank_stream(tmp_path):
+    from patchreg import io
+
+    ckpt = str(tmp_path / "charts.safetensors")
+    ranks = run_world(_train_charts_killed_then_resumed, 2, tmp_path, ckpt)
+    for result in ranks:
+        assert result["killed_at"] == 4
+        for key, value in result["whole"].items():  # the resumed run is the uninterrupted one
+            torch.testing.assert_close(result["resumed"][key], value, rtol=1e-6, atol=1e-7)
+    tensors = io.load_checkpoint(ckpt, "charts")[0]
+    assert not torch.equal(tensors["rng/data.rank1"], tensors["rng/data"])  # every rank streams its own points

@@ -26,6 +26,13 @@ code does not detach (their w also pushes charts apart); set False to reproduce 
 
 At the end alpha is set to the mean responsibilities on a data sample and the density's sigma
 to its maximum-likelihood value sigma^2 = mean_i sum_k w_ik ||x_i - D_k(E_k(x_i))||^2 / (n - d).
+
+Under torch.distributed (torchrun, N > 1 ranks) the mixture trains with DistributedDataParallel:
+batch_size is the global batch, each rank draws batch_size / N points with its own random stream
+(seed `patchreg.distributed.rank_seed(seed, rank)`), DDP averages the gradients and the mean
+responsibilities that move alpha are averaged over the ranks, so a step is the single-process step on
+the N local batches together (with each rank's noise draws). Rank 0's seeding is broadcast; rank 0
+alone writes checkpoints, which then also hold every rank's random stream ("rng/data.rank{r}").
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .. import _checks
+from .. import _checks, distributed
 from .checkpoint import load_mixture_state, save_mixture
 from .seeding import nearest_center, seed_charts
 
@@ -175,6 +182,75 @@ def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3,
             model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))
 
 
+class _MixtureLoss(torch.nn.Module):
+    """mixture_loss as a module's forward, the call DistributedDataParallel synchronises."""
+
+    def __init__(self, model, config: TrainConfig, generator: torch.Generator):
+        super().__init__()
+        self.model, self.config, self.generator = model, config, generator
+
+    def forward(self, x, phase: str, centers):
+        return mixture_loss(self.model, x, self.config, phase, centers, self.generator)
+
+
+def wrap_for_training(model, config: TrainConfig, generator: torch.Generator, world=None):
+    """The loss module of `training_step`: plain for one process, DDP-wrapped (rank 0's weights) for several."""
+    world = world or distributed.current_world()
+    loss_of = _MixtureLoss(model, config, generator)
+    if not world.distributed:
+        return loss_of
+    # Charts without responsible points in a batch take no part in its graph; log_alpha is a buffer
+    # that every rank updates identically (averaged responsibilities), so buffers sync only at start.
+    return torch.nn.parallel.DistributedDataParallel(loss_of, find_unused_parameters=True,
+                                                     forward_sync_buffers=False)
+
+
+def training_step(loss_of, model, optimizer, x, config: TrainConfig, phase: str, centers, step: int, world=None):
+    """One optimisation step on the (local) batch x; returns (loss averaged over the ranks, responsibilities)."""
+    world = world or distributed.current_world()
+    loss, w = loss_of(x, phase, centers)
+    value = distributed.all_reduce_sum(loss.detach().clone()) / world.world_size if world.distributed else loss
+    if not torch.isfinite(value):  # the global loss: every rank stops together
+        raise TrainingDiverged(_nonfinite_message(step, phase, "loss"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    if not torch.isfinite(grad_norm):
+        raise TrainingDiverged(_nonfinite_message(step, phase, "gradient"))
+    optimizer.step()
+    if phase != "pretrain":
+        with torch.no_grad():
+            mean_w = w.mean(0)
+            if world.distributed:
+                mean_w = distributed.all_reduce_sum(mean_w.clone()) / world.world_size
+            m = config.alpha_momentum
+            alpha = m * model.log_alpha.exp() + (1 - m) * mean_w
+            model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
+    return value, w
+
+
+def _rank_generator_tensors(generator, world) -> dict:
+    """Every rank's random-stream state, gathered for rank 0's checkpoint (empty for one process)."""
+    if not world.distributed:
+        return {}
+    states = distributed.gather_rows(generator.get_state()[None])
+    return {f"rng/data.rank{r}": states[r] for r in range(1, world.world_size)}
+
+
+def _restore_rank_generator(checkpoint_path, generator, seed: int, step: int, world) -> None:
+    """Rank r > 0 continues its own stream if the checkpoint holds it, else a fresh one (seed, rank, step)."""
+    if world.rank == 0:
+        return
+    from ..io import load_checkpoint
+
+    tensors = load_checkpoint(checkpoint_path, "charts")[0]
+    state = tensors.get(f"rng/data.rank{world.rank}")
+    if state is not None:
+        generator.set_state(state)
+    else:  # trained on fewer ranks: not rank 0's stream again
+        generator.manual_seed(distributed.rank_seed(seed + step, world.rank))
+
+
 def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_path=None, resume: bool = False,
                   progress: bool = True, extra_tensors: dict | None = None, extra_header: dict | None = None) -> list[dict]:
     """Train `model` on `data` (tensor (N, n) or sampler(n, generator)); returns the logged history.
@@ -184,48 +260,48 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
     atomically every `checkpoint_every` steps and at the end; `resume=True` continues from it.
     """
     config = config or TrainConfig()
+    world = distributed.current_world()
+    progress = progress and world.is_main
     dtype = model.log_alpha.dtype
     if not callable(data):
         data = check_training_data(data, model.ambient_dim).to(dtype)
-    generator = torch.Generator().manual_seed(config.seed)
-    stream = BatchStream(data, config.batch_size, generator)
+    if config.batch_size % world.world_size:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the number of processes "
+                         f"({world.world_size}): each rank draws batch_size / processes points")
+    generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, world.rank))
+    stream = BatchStream(data, config.batch_size // world.world_size, generator)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     step, history, centers = 0, [], None
-    if resume and checkpoint_path is not None and Path(checkpoint_path).is_file():
+    if distributed.broadcast_object(bool(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())):
         state = load_mixture_state(checkpoint_path, model, optimizer, generator)
         step, history, centers = state["step"], state["history"], state["centers"]
         if state["log_alpha_running"] is not None:  # undo finalize(): training continues from the running weights
             model.log_alpha.copy_(state["log_alpha_running"])
+        if world.distributed:
+            _restore_rank_generator(checkpoint_path, generator, config.seed, step, world)
     else:
         seed_sample = stream.draw(config.seed_points)
         check_training_data(seed_sample, model.ambient_dim)
         centers = seed_charts(model, seed_sample, generator, model.config.get("align", "pca"))
+        if world.distributed:  # rank 0's seeding for all (DDP broadcasts the weights, not the centres)
+            distributed.broadcast_tensors([centers, *model.buffers()])
 
     def save(log_alpha_running=None):
         if checkpoint_path is not None:
-            save_mixture(checkpoint_path, model, optimizer=optimizer, generator=generator, centers=centers,
-                         step=step, history=history, train_config=asdict(config), log_alpha_running=log_alpha_running,
-                         extra_tensors=extra_tensors, extra_header=extra_header)
+            ranks = _rank_generator_tensors(generator, world)  # a collective: every rank takes part
+            if world.is_main:
+                save_mixture(checkpoint_path, model, optimizer=optimizer, generator=generator, centers=centers,
+                             step=step, history=history, train_config=asdict(config),
+                             log_alpha_running=log_alpha_running, extra_tensors={**(extra_tensors or {}), **ranks},
+                             extra_header=extra_header)
 
+    loss_of = wrap_for_training(model, config, generator, world)
     bar = tqdm(total=config.total_steps, initial=step, disable=not progress, desc="charts", dynamic_ncols=True)
     started = time.time()
     while step < config.total_steps:
         phase = config.phase(step)
         x = stream.draw().to(dtype)
-        loss, w = mixture_loss(model, x, config, phase, centers, generator)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(_nonfinite_message(step, phase, "loss"))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        if not torch.isfinite(grad_norm):
-            raise TrainingDiverged(_nonfinite_message(step, phase, "gradient"))
-        optimizer.step()
-        if phase != "pretrain":
-            with torch.no_grad():
-                m = config.alpha_momentum
-                alpha = m * model.log_alpha.exp() + (1 - m) * w.mean(0)
-                model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
+        loss, w = training_step(loss_of, model, optimizer, x, config, phase, centers, step, world)
         step += 1
         if step % config.log_every == 0 or step == config.total_steps:
             history.append(dict(step=step, phase=phase, loss=loss.item(), seconds=time.time() - started))

@@ -58,6 +58,20 @@ def register(commands) -> None:
 
 
 def _train(args) -> int:
+    """Under torchrun: DDP (patchreg.charts.training), --batch-size the global batch, rank 0 saves and reports."""
+    from .. import distributed
+
+    import contextlib
+    import io
+
+    with distributed.session("cpu") as world:
+        quiet = contextlib.nullcontext() if world.is_main else contextlib.redirect_stdout(io.StringIO())
+        with quiet:  # one report, rank 0's
+            code = _train_in_world(args)
+    return code if world.is_main else 0
+
+
+def _train_in_world(args) -> int:
     import torch
 
     from ..charts import TrainConfig, TrainingDiverged, build_mixture, load_mixture, train_mixture
@@ -71,6 +85,11 @@ def _train(args) -> int:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    from ..distributed import current_world
+
+    if args.batch_size % current_world().world_size:
+        raise ValueError(f"--batch-size ({args.batch_size}) must be a multiple of the number of processes "
+                         f"({current_world().world_size})")
     if not args.train_sigma > 0:
         raise ValueError(f"--train-sigma must be > 0, got {args.train_sigma}")
     if _is_image_spec(args.data) or args.patch_size is not None:

@@ -326,7 +326,9 @@ def train_patch_charts(images, patch_size: int, family: str = "fif", n_charts: i
     coords = draw(selector_points, torch.Generator().manual_seed(config.seed + 2))
     model.fit_selector(coords)
     model.history = history
-    if out is not None:  # add the selector to the resumable state train_mixture wrote
+    from .. import distributed
+
+    if out is not None and distributed.current_world().is_main:  # add the selector to the resumable state train_mixture wrote
         tensors, header = io.load_checkpoint(out, CHARTS_KIND)
         tensors.update(model.extra_tensors())
         io.save_checkpoint(out, CHARTS_KIND, tensors, {k: v for k, v in header.items() if k not in ("kind", "format")})
