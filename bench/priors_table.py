@@ -8,14 +8,16 @@ Tasks (images in [0, 1], the 8-bit files / 255; noise seeded per image: seed + i
   inpaint           50% of the pixels missing (seeded mask), noise 0.01.
 Priors (all trained on the training split of train400; checkpoints by name or path):
   epll        half-quadratic splitting with the GMM (patchreg.priors.epll_restore; defaults of the paper
-              for denoising: lam = d / sigma^2, beta = (1/sigma^2)[1, 4, 8, 16, 32]);
+              for denoising: lam = d / sigma^2, beta = (1/sigma^2)[1, 4, 8, 16, 32]; the other tasks
+              the schedule of patchreg.priors.task_defaults, tuned on validation by bench/hqs_task_tuning.py);
   charts      half-quadratic splitting with the chart prior (patchreg.priors.charts_restore), the same
-              schedule, top 2 (chart, scale) pairs per patch;
+              schedules, --top-charts (chart, scale) pairs per patch (rows store their settings);
   charts_lbfgs  the chart prior's R(x) (all patches, ChartPrior) minimised by L-BFGS, --lbfgs-steps;
   patchnr     Adam on the image with the flow (patchreg.reconstruct), --patchnr-patches random
               patches and --patchnr-steps iterations (the paper: 40k and 300; reduced settings are
               printed in the table);
-  bm3d        the `bm3d` package (bench-only dependency), denoising only, with the true sigma.
+  bm3d        the `bm3d` package (bench-only dependency) with the true sigma: `bm3d.bm3d` for denoising,
+              `bm3d.bm3d_deblurring` (its deblurring entry point, circular blur as ours) for deblur.
 PSNR on the full image (no border cropped) with data range 1 after clipping to [0, 1]; SSIM by
 scikit-image; wall time and peak resident memory of the reconstruction (patchreg.metrics.measure,
 sampled RSS, same process).
@@ -46,10 +48,21 @@ from patchreg import physics  # noqa: E402
 from patchreg.data import load_set12, to_tensor  # noqa: E402
 from patchreg.metrics import measure, psnr, ssim  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
+from patchreg.priors.task_defaults import hqs_betas, hqs_lam, schedule_from_start  # noqa: E402
 
 TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "inpaint")
 PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
 CT_NOISE = 0.5
+
+
+def prepare_clean(task: str, clean: torch.Tensor, ct_size: int) -> torch.Tensor:
+    """The ground truth of a cell: the image itself, or for CT the image resized (anti-aliased) to ct_size."""
+    if task != "ct_limited" or max(clean.shape[-2:]) <= ct_size:
+        return clean
+    from skimage.transform import resize
+
+    small = resize(clean[0, 0].double().numpy(), (ct_size, ct_size), anti_aliasing=True)
+    return torch.from_numpy(small).to(clean.dtype)[None, None]
 
 
 def make_problem(task: str, clean: torch.Tensor, seed: int):
@@ -88,23 +101,26 @@ class Runners:
         from patchreg.priors import GMM, epll_restore
 
         gmm = self._load("gmm", lambda: GMM.load(resolve_checkpoint(self.args.gmm)))
-        return self._splitting(task, op, y, sigma, lambda y_, op_, s_, **kw: epll_restore(y_, op_, gmm, s_, **kw))
+        return self._splitting("epll", gmm.dim, task, op, y, sigma, lambda y_, op_, s_, **kw: epll_restore(y_, op_, gmm, s_, **kw))
 
     def charts(self, task, op, y, sigma):
         from patchreg.priors import PatchCharts, charts_restore
 
         model = self._load("charts", lambda: PatchCharts.load(resolve_checkpoint(self.args.charts)))
         top = self.args.top_charts
-        return self._splitting(task, op, y, sigma,
+        return self._splitting("charts", model.dim, task, op, y, sigma,
                                lambda y_, op_, s_, **kw: charts_restore(y_, op_, model, s_, top_charts=top, **kw))
 
-    def _splitting(self, task, op, y, sigma, restore):
+    def _splitting(self, prior, dim, task, op, y, sigma, restore):
+        y = y.to(getattr(torch, self.args.precision))
         if task.startswith("denoise"):
-            return restore(y, None, sigma)
+            return restore(y, None, sigma).double()
         x0 = op.initial_guess(y) if hasattr(op, "initial_guess") else None
-        s = self.args.hqs_start  # image-domain noise level the schedule starts from (sigma of y is tiny)
-        betas = [b / s**2 for b in (1, 4, 8, 16, 32, 64)]
-        return restore(y, op, sigma, betas=betas, lam=None, x0=x0)
+        if self.args.hqs_start is not None:  # image-domain noise level the schedule starts from
+            betas, lam = schedule_from_start(self.args.hqs_start), None
+        else:  # tuned on validation (bench/hqs_task_tuning.py)
+            betas, lam = hqs_betas(prior, task), hqs_lam(prior, task, dim, sigma)
+        return restore(y, op, sigma, betas=betas, lam=lam, x0=x0).double()
 
     def charts_lbfgs(self, task, op, y, sigma):
         """The chart prior as a regularizer R(x) minimised by L-BFGS (all patches, top charts): lam = L / d
@@ -128,17 +144,38 @@ class Runners:
 
         flow = self._load("flow", lambda: PatchFlow.load(resolve_checkpoint(self.args.flow)))
         prior = PatchNR(flow, n_patches=self.args.patchnr_patches, seed=self.args.seed)
-        x, _ = reconstruct(y.float(), op, prior, self.args.patchnr_lam, steps=self.args.patchnr_steps, lr=0.01,
+        H, W = y.shape[-2:] if task.startswith("denoise") else op.initial_guess(y).shape[-2:]
+        lam = self.args.patchnr_lam_scale * (H - flow.patch_size + 1) * (W - flow.patch_size + 1) / flow.dim
+        x, _ = reconstruct(y.float(), op, prior, lam, steps=self.args.patchnr_steps, lr=0.01,
                            clamp=(0.0, 1.0), progress=False)
         return x.double()
 
     def bm3d(self, task, op, y, sigma):
         import bm3d
 
+        if not hasattr(np, "trapz"):  # bm4d (under bm3d's colored-noise path) calls numpy < 2's name
+            np.trapz = np.trapezoid
+        if task == "deblur":  # its deblurring entry point (regularised inverse, then BM3D); circular blur as ours
+            psf = op.kernel.reshape(op.kernel.shape[-2:]).double().numpy()
+            # a trailing channel axis: with a 2-D z, bm3d 4.0.3's second stage rejects its own first estimate
+            out = bm3d.bm3d_deblurring(y[0, 0].double().numpy()[..., None], sigma_psd=sigma, psf=psf)
+            return torch.from_numpy(np.asarray(out, dtype=np.float64).reshape(y.shape[-2:]))[None, None]
         if not task.startswith("denoise"):
             return None
         out = bm3d.bm3d(y[0, 0].numpy(), sigma_psd=sigma)
         return torch.from_numpy(np.asarray(out, dtype=np.float64))[None, None]
+
+
+def cell_settings(prior: str, args) -> dict:
+    """What a row's numbers depend on beyond the task and image (older rows lack it: float64, top 2)."""
+    if prior in ("epll", "charts"):
+        extra = {"top_charts": args.top_charts} if prior == "charts" else {}
+        return {"precision": args.precision, "hqs_start": args.hqs_start, **extra}
+    if prior == "patchnr":
+        return {"n_patches": args.patchnr_patches, "steps": args.patchnr_steps, "lam_scale": args.patchnr_lam_scale}
+    if prior == "charts_lbfgs":
+        return {"steps": args.lbfgs_steps, "top_charts": args.lbfgs_top}
+    return {}
 
 
 def done_cells(path: Path) -> dict:
@@ -159,13 +196,19 @@ def main(argv=None) -> int:
     ap.add_argument("--gmm", default="pretrained:gmm")
     ap.add_argument("--charts", default="pretrained:charts")
     ap.add_argument("--flow", default="pretrained:flow")
-    ap.add_argument("--top-charts", type=int, default=2)
-    ap.add_argument("--hqs-start", type=float, default=0.04, help="non-denoising tasks: sigma the HQS schedule starts from")
+    ap.add_argument("--top-charts", type=int, default=1, help="charts (HQS): pairs per patch (the library default 1)")
+    ap.add_argument("--precision", choices=("float32", "float64"), default="float32",
+                    help="epll and charts (HQS) arithmetic (float32: PSNR equal to 1e-3 dB, twice as fast)")
+    ap.add_argument("--hqs-start", type=float, default=None,
+                    help="non-denoising tasks: sigma the HQS schedule starts from (default: "
+                         "patchreg.priors.task_defaults, tuned on validation)")
+    ap.add_argument("--ct-size", type=int, default=256, help="ct_limited: larger images are resized to this size")
     ap.add_argument("--lbfgs-steps", type=int, default=100, help="charts_lbfgs: L-BFGS iterations")
     ap.add_argument("--lbfgs-top", type=int, default=4, help="charts_lbfgs: (chart, scale) pairs kept per patch")
     ap.add_argument("--patchnr-patches", type=int, default=40_000)
     ap.add_argument("--patchnr-steps", type=int, default=300)
-    ap.add_argument("--patchnr-lam", type=float, default=0.15)
+    ap.add_argument("--patchnr-lam-scale", type=float, default=1.0,
+                    help="patchnr: lam = SCALE * n_image_patches / d (1: EPLL's MAP energy, the CLI's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/priors_set12")
     args = ap.parse_args(argv)
@@ -179,7 +222,7 @@ def main(argv=None) -> int:
     estimates = {}
     for task in args.tasks:
         for i in indices:
-            clean = to_tensor(images[i])
+            clean = prepare_clean(task, to_tensor(images[i]), args.ct_size)
             op, y, sigma = make_problem(task, clean, args.seed + i)
             for prior in args.priors:
                 key = (task, prior, names[i])
@@ -192,7 +235,7 @@ def main(argv=None) -> int:
                 x = x.clamp(0, 1)
                 row = dict(task=task, prior=prior, image=names[i], size=list(clean.shape[-2:]),
                            psnr=float(psnr(x, clean)[0]), ssim=float(ssim(x, clean)[0]), seconds=m.seconds,
-                           peak_mb=m.peak_megabytes, seed=args.seed + i)
+                           peak_mb=m.peak_megabytes, seed=args.seed + i, settings=cell_settings(prior, args))
                 cells[key] = row
                 with cells_path.open("a") as f:
                     f.write(json.dumps(row) + "\n")

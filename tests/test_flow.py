@@ -318,6 +318,19 @@ def test_patchnr_gradient_reaches_the_image():
     assert x.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("chunk_size", [None, 16])
+def test_patchnr_differentiates_the_image_only(chunk_size):
+    reg = _regularizer(n_patches=50)
+    reg.chunk_size = chunk_size
+    weights = list(reg.flow.parameters())
+    weights[0].requires_grad_(False)  # a mixed state must come back as it was
+    x = torch.rand(1, 1, 9, 9, dtype=torch.float64, requires_grad=True)
+    reg.nll(x).sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert all(w.grad is None for w in weights)
+    assert [w.requires_grad for w in weights] == [False] + [True] * (len(weights) - 1)
+
+
 def test_patchnr_chunked_recomputation_matches():
     reg = _regularizer(n_patches=50)
     chunked = PatchNR(reg.flow, n_patches=50, seed=3, chunk_size=16)

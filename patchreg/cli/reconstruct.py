@@ -31,8 +31,7 @@ PRETRAINED_NAME = {"epll": "gmm", "patchnr": "flow", "charts": "charts"}
 OUTPUT_SUFFIXES = (".png", ".npy")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")  # patchreg.data.load_image's
 
-# EPLL inpainting: holes need a splitting schedule that starts at a large effective noise (0.3).
-INPAINT_BETAS = [2.0**i / 0.3**2 for i in range(6)]
+# HQS schedules of the tasks other than denoising: patchreg.priors.task_defaults (tuned on validation).
 DEFAULT_STEPS = 300  # gradient solvers
 DEFAULT_N_PATCHES = 40_000  # patchnr's random patches per iteration
 # (chart, scale) pairs kept per patch: HQS keeps 1 (validation, sigma 25: 0.03 dB below 2 at 0.6x the time,
@@ -100,7 +99,8 @@ def register(subparsers) -> None:
                         help="hqs (epll, charts), adam (all) or lbfgs (epll, charts); auto: hqs for epll and "
                              "charts, adam for patchnr")
     solver.add_argument("--lam", type=float, default=None,
-                        help="hqs: data weight (> 0, default d/sigma^2); adam/lbfgs: weight (>= 0) of the mean patch "
+                        help="hqs: data weight (> 0; default d/sigma^2 for denoise, the tuned multiple of it for the "
+                             "other tasks: patchreg.priors.task_defaults); adam/lbfgs: weight (>= 0) of the mean patch "
                              "NLL (default: a per-task scale times n_patches/d, EPLL's MAP energy)")
     solver.add_argument("--betas", type=str, default=None,
                         help="hqs: comma-separated splitting penalties (default (1/sigma^2)[1,4,8,16,32])")
@@ -501,9 +501,16 @@ def _gradient_lam(args, model, image_shape) -> float:
     return scale * (H - p + 1) * (W - p + 1) / dim
 
 
+def _tuned_task(args) -> str:
+    """The task's name in patchreg.priors.task_defaults (CT: the limited-angle setting's schedule)."""
+    return {"sr": f"sr{args.factor}", "ct": "ct_limited"}.get(args.task, args.task)
+
+
 def _solve(args, model, y, physics, sigma, image_shape):
     """(estimate (1, 1, H, W), lam used or None for the HQS default)."""
     import torch
+
+    from ..priors.task_defaults import hqs_betas, hqs_lam
 
     progress = not args.quiet
     y = y.to(getattr(torch, args.precision))  # the solvers work in the observation's dtype
@@ -511,17 +518,20 @@ def _solve(args, model, y, physics, sigma, image_shape):
         if args.betas_list is not None:
             betas = args.betas_list
         else:
-            betas = INPAINT_BETAS if args.task == "inpaint" else None
+            betas = None if args.task == "denoise" else hqs_betas(args.prior, _tuned_task(args))
+        lam = args.lam
+        if lam is None and args.task != "denoise":
+            lam = hqs_lam(args.prior, _tuned_task(args), model.dim, sigma)
         op = None if args.task == "denoise" else physics
         x0 = physics.initial_guess(y) if args.task in ("sr", "ct", "deblur") else None
         if args.prior == "epll":
             from ..priors import epll_restore
 
-            return epll_restore(y, op, model, sigma, betas=betas, lam=args.lam, x0=x0, progress=progress), args.lam
+            return epll_restore(y, op, model, sigma, betas=betas, lam=lam, x0=x0, progress=progress), lam
         charts_restore = _charts_api()[2]
         top = DEFAULT_TOP_CHARTS["hqs"] if args.top_charts is None else args.top_charts
-        x = charts_restore(y, op, model, sigma, betas=betas, lam=args.lam, x0=x0, top_charts=top, progress=progress)
-        return x, args.lam
+        x = charts_restore(y, op, model, sigma, betas=betas, lam=lam, x0=x0, top_charts=top, progress=progress)
+        return x, lam
 
     from ..reconstruct import reconstruct
 

@@ -13,6 +13,8 @@ different patches. With "mean", lam does not depend on N_p; with "sum", divide a
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch.utils.checkpoint import checkpoint as _recompute
 
@@ -26,11 +28,25 @@ __all__ = ["PatchNR"]
 REDUCTIONS = ("mean", "sum")
 
 
+@contextlib.contextmanager
+def frozen_weights(module: torch.nn.Module):
+    """Run `module` without recording its weights in the autograd graph (flags restored afterwards):
+    a regularizer needs d/dx only, and the weight gradients would cost a third of the backward pass."""
+    flags = [(w, w.requires_grad) for w in module.parameters()]
+    for w, _ in flags:
+        w.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for w, flag in flags:
+            w.requires_grad_(flag)
+
+
 class PatchNR:
     """R(x) per image for reconstruction: `nll(x)` -> (B,), differentiable in x.
 
-    flow: a trained PatchFlow (its weights are not trained further; they still receive
-    gradients if they require them). n_patches: N_p per image. seed: the position stream;
+    flow: a trained PatchFlow (its weights are frozen during `nll`: R is differentiated in x only,
+    never in the weights, whatever their requires_grad). n_patches: N_p per image. seed: the position stream;
     `reset()` rewinds it. chunk_size: if set, the flow runs on chunks of that many patches
     under activation recomputation, so memory stays bounded for large N_p (one extra forward).
     """
@@ -68,11 +84,15 @@ class PatchNR:
         """(batch, n_patches, 2) int64 top-left corners, uniform over the valid ones (CPU)."""
         return random_positions(self._generator, batch, self.n_patches, height, width, self.patch_size)
 
+    def _log_prob(self, patches: torch.Tensor) -> torch.Tensor:
+        with frozen_weights(self.flow):  # also when the checkpoint recomputes it in the backward pass
+            return self.flow.log_prob(patches)
+
     def _patch_nll(self, patches: torch.Tensor) -> torch.Tensor:
         if self.chunk_size is None or patches.shape[0] <= self.chunk_size:
-            return -self.flow.log_prob(patches)
+            return -self._log_prob(patches)
         chunks = patches.split(self.chunk_size)
-        return torch.cat([_recompute(self.flow.log_prob, c, use_reentrant=False) for c in chunks]).neg()
+        return torch.cat([_recompute(self._log_prob, c, use_reentrant=False) for c in chunks]).neg()
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """R(x) for each image of x (B, C, H, W): shape (B,), in x's dtype. New patches every call."""

@@ -1,0 +1,52 @@
+"""Per-task settings of the half-quadratic splitting, tuned on the validation split of train400.
+
+Denoising keeps Zoran & Weiss's schedule (1/sigma^2)[1, 4, 8, 16, 32] and data weight d/sigma^2.
+The other tasks observe y with little noise (0.01) through an operator, so a schedule that starts at
+y's noise level lets the prior act too late; it starts instead from an image-domain noise level s
+(the error of the initial guess) and grows by the factors of SCHEDULE, and the data weight is
+lam = scale * d / sigma^2 (scale 1: the MAP weight). (s, scale) per prior and task come from
+bench/hqs_task_tuning.py (bench/results/hqs_task_tuning.md): the best mean PSNR over validation
+images, never the test images.
+"""
+
+from __future__ import annotations
+
+__all__ = ["HQS_SETTINGS", "SCHEDULE", "TASKS", "hqs_betas", "hqs_lam", "schedule_from_start"]
+
+SCHEDULE = (1.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited")
+
+# (start s, data weight scale) per prior and task (bench/results/hqs_task_tuning.md).
+HQS_SETTINGS = {
+    "epll": {"deblur": (0.16, 3.0), "sr2": (0.16, 3.0), "sr4": (0.32, 3.0), "inpaint": (0.64, 3.0),
+             "ct_limited": (0.32, 3.0)},
+    "charts": {"deblur": (0.32, 1.0), "sr2": (0.32, 1.0), "sr4": (0.64, 1.0), "inpaint": (0.64, 1.0),
+               "ct_limited": (0.64, 1.0)},
+}
+
+
+def schedule_from_start(start: float) -> list[float]:
+    """betas = (1 / start^2) * SCHEDULE."""
+    if not start > 0:
+        raise ValueError(f"start must be > 0 (an image-domain noise level), got {start}")
+    return [b / start**2 for b in SCHEDULE]
+
+
+def _settings(prior: str, task: str) -> tuple[float, float]:
+    if prior not in HQS_SETTINGS:
+        raise ValueError(f"prior must be one of {tuple(HQS_SETTINGS)}, got {prior!r}")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS} (denoising uses the noise level's schedule), got {task!r}")
+    return HQS_SETTINGS[prior][task]
+
+
+def hqs_betas(prior: str, task: str) -> list[float]:
+    """The tuned schedule of `prior` ("epll" or "charts") for `task` (one of TASKS)."""
+    return schedule_from_start(_settings(prior, task)[0])
+
+
+def hqs_lam(prior: str, task: str, dim: int, sigma: float) -> float:
+    """The tuned data weight: scale * dim / sigma^2 (dim: the patch dimension, sigma: y's noise std)."""
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    return _settings(prior, task)[1] * dim / sigma**2

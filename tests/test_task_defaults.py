@@ -1,0 +1,59 @@
+"""The tuned splitting schedules of patchreg.priors.task_defaults and their use by the CLI."""
+
+import numpy as np
+import pytest
+import torch
+
+from patchreg.cli import main
+from patchreg.priors import GMM
+from patchreg.priors import task_defaults
+
+
+def test_schedule_starts_at_the_given_noise_level_and_grows():
+    betas = task_defaults.schedule_from_start(0.2)
+    assert betas[0] == pytest.approx(1 / 0.2**2)
+    assert betas == pytest.approx([b / 0.2**2 for b in task_defaults.SCHEDULE])
+    assert all(b2 > b1 for b1, b2 in zip(betas, betas[1:]))
+
+
+@pytest.mark.parametrize("prior", ["epll", "charts"])
+@pytest.mark.parametrize("task", task_defaults.TASKS)
+def test_every_prior_and_task_has_positive_settings(prior, task):
+    start, scale = task_defaults.HQS_SETTINGS[prior][task]
+    assert start > 0 and scale > 0
+    assert task_defaults.hqs_betas(prior, task)[0] == pytest.approx(1 / start**2)
+    assert task_defaults.hqs_lam(prior, task, 36, 0.01) == pytest.approx(scale * 36 / 0.01**2)
+
+
+@pytest.mark.parametrize("args, fragment", [(("patchnr", "deblur"), "prior must be one of"),
+                                            (("epll", "denoise"), "task must be one of"),
+                                            (("epll", "sr3"), "task must be one of")])
+def test_unknown_prior_or_task_is_named(args, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        task_defaults.hqs_betas(*args)
+
+
+def test_schedule_rejects_a_non_positive_start():
+    with pytest.raises(ValueError, match="start must be > 0"):
+        task_defaults.schedule_from_start(0.0)
+
+
+@pytest.mark.parametrize("cli_task, extra, tuned", [("deblur", [], "deblur"), ("sr", ["--factor", "2"], "sr2"),
+                                                    ("sr", ["--factor", "4"], "sr4"), ("inpaint", [], "inpaint")])
+def test_cli_uses_the_tuned_schedule(tmp_path, monkeypatch, capsys, cli_task, extra, tuned):
+    import patchreg.priors as priors
+
+    seen = {}
+
+    def fake_restore(y, op, model, sigma, betas=None, lam=None, **kwargs):
+        seen["betas"], seen["lam"] = betas, lam
+        return torch.zeros(1, 1, 16, 16, dtype=y.dtype)
+
+    monkeypatch.setattr(priors, "epll_restore", fake_restore)
+    np.save(tmp_path / "clean.npy", np.random.default_rng(0).random((16, 16)))
+    GMM(2, 3).save(tmp_path / "gmm.safetensors")
+    code = main(["reconstruct", "--task", cli_task, "--prior", "epll", "--checkpoint", str(tmp_path / "gmm.safetensors"),
+                 "--image", str(tmp_path / "clean.npy"), "--output", str(tmp_path / "x.npy"), "--quiet", *extra])
+    assert code == 0, capsys.readouterr().err
+    assert seen["betas"] == pytest.approx(task_defaults.hqs_betas("epll", tuned))
+    assert seen["lam"] == pytest.approx(task_defaults.hqs_lam("epll", tuned, 9, 0.01))  # 3x3 GMM, default sigma
