@@ -20,8 +20,8 @@ TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited")
 HQS_SETTINGS = {
     "epll": {"deblur": (0.16, 3.0), "sr2": (0.16, 3.0), "sr4": (0.32, 3.0), "inpaint": (0.64, 3.0),
              "ct_limited": (0.32, 3.0)},
-    "charts": {"deblur": (0.32, 1.0), "sr2": (0.32, 1.0), "sr4": (0.64, 1.0), "inpaint": (0.64, 1.0),
-               "ct_limited": (0.64, 1.0)},
+    "charts": {"deblur": (0.16, 3.0), "sr2": (0.16, 3.0), "sr4": (0.32, 3.0), "inpaint": (0.64, 3.0),
+               "ct_limited": (0.16, 3.0)},
 }
 
 
