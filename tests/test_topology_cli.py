@@ -92,3 +92,36 @@ def test_points_off_the_sphere_are_refused(tmp_path, capsys):
     np.save(path, 2.0 * sample_model("primary-circle", 100, seed=0)[0])
     assert main(["topology", "--points", str(path), "--core", "none", "--out", str(tmp_path / "o")]) == 2
     assert "unit sphere" in capsys.readouterr().err
+
+
+def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
+    # --images DIR with every patch (the default): patch set and kNN cached; a second run reuses both
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / f"im{i}.png")
+    args = ["topology", "--images", str(folder), "--patch-size", "3", "--no-charts", "--core-ks", "10,30",
+            "--core-qs", "30", "--denoise", "0", "--landmarks", "40", "--cache", str(tmp_path / "cache")]
+    assert main(args + ["--out", str(tmp_path / "a")]) == 0
+    first = json.loads((tmp_path / "a" / "verdict.json").read_text())
+    assert first["n_points"] == first["patch_set"]["n_points"] == round(0.2 * 2 * 28 * 28)
+    assert first["density"]["cached"] is False and first["core"][1] == 30.0
+    assert set(first["model_fit"]["distances"]) == {"klein", "three-circle"} and "which_model_fits" in first["model_fit"]
+    assert isinstance(first["persistence_fragility"]["fragile"], bool)
+    assert main(args + ["--out", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / "verdict.json").read_text())
+    assert second["density"]["cached"] is True and second["n_core"] == first["n_core"]
+
+
+def test_any_points_default_core_is_none_and_patch_default_is_auto(tmp_path):
+    # a uniform sample of a closed surface must not be punctured by a patch-style density core
+    path = tmp_path / "torus.npy"
+    np.save(path, sample_model("torus", 2000, seed=0)[0])
+    out = tmp_path / "out"
+    assert main(["topology", "--points", str(path), "--any-points", "--no-charts", "--out", str(out)]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["core"] is None and verdict["n_core"] == 2000 and verdict["landmarks_used"] == 150
+    assert verdict["persistence"]["verdict"] == "torus"
