@@ -211,11 +211,15 @@ def main(argv=None) -> int:
                     help="patchnr: lam = SCALE * n_image_patches / d (1: EPLL's MAP energy, the CLI's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/priors_set12")
+    ap.add_argument("--report-only", action="store_true", help="rewrite OUT.md from OUT.jsonl, run nothing")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cells_path = out.with_suffix(".jsonl")
     cells = done_cells(cells_path)
+    if args.report_only:
+        write_report(out, args, argv, cells)
+        return 0
     images, names = load_set12(with_names=True)
     indices = range(len(images)) if args.images is None else args.images
     runners = Runners(args)
@@ -275,18 +279,29 @@ def write_report(out: Path, args, argv, cells: dict) -> None:
     priors = [p for p in PRIORS if any(k[1] == p for k in cells)]
     command = "python bench/priors_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# Set12: patch priors trained on train400 (training split)", "",
-             f"Command: `{command}`", "",
+             f"Cells from {out.with_suffix('.jsonl').name}, appended by successive runs (each row stores the "
+             f"settings it depends on; rows without them: float64, top 2 pairs). Last command: `{command}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads.",
              "PSNR on the full image after clipping to [0, 1]; time and peak RSS of the reconstruction alone.", "",
              "## Means over the images of each cell", "",
-             "| task | prior | images | PSNR dB | SSIM | time s | peak MB |", "|---|---|---|---|---|---|---|"]
+             "Paired: the mean over the images that every prior of the task has (the fair comparison when a",
+             "prior was run on a subset). Time: median over the 256x256 / 512x512 images.", "",
+             "| task | prior | images | PSNR dB | paired PSNR dB (images) | paired SSIM | time s (256 / 512) | peak MB |",
+             "|---|---|---|---|---|---|---|---|"]
     for task in tasks:
+        have = [{k[2] for k in cells if k[0] == task and k[1] == prior} for prior in priors]
+        common = set.intersection(*[h for h in have if h]) if any(have) else set()
         for prior in priors:
             rows = [r for k, r in cells.items() if k[0] == task and k[1] == prior]
             if rows:
+                paired = [r["psnr"] for r in rows if r["image"] in common]
+                paired_ssim = [r["ssim"] for r in rows if r["image"] in common]
+                times = [statistics.median(v) if v else None for v in
+                         ([r["seconds"] for r in rows if r["size"][0] <= 256], [r["seconds"] for r in rows if r["size"][0] > 256])]
                 lines.append(f"| {task} | {prior} | {len(rows)} | {statistics.mean(r['psnr'] for r in rows):.2f} | "
-                             f"{statistics.mean(r['ssim'] for r in rows):.4f} | "
-                             f"{statistics.mean(r['seconds'] for r in rows):.1f} | "
+                             + (f"{statistics.mean(paired):.2f} ({len(paired)})" if paired else "-") + " | "
+                             + (f"{statistics.mean(paired_ssim):.4f}" if paired else "-") + " | "
+                             + " / ".join("-" if t is None else f"{t:.1f}" for t in times) + " | "
                              f"{max(r['peak_mb'] for r in rows):.0f} |")
     lines += ["", "## Per image (PSNR dB)", ""]
     for task in tasks:
