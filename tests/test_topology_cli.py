@@ -119,9 +119,9 @@ def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
 def test_any_points_default_core_is_none_and_patch_default_is_auto(tmp_path):
     # a uniform sample of a closed surface must not be punctured by a patch-style density core
     path = tmp_path / "torus.npy"
-    np.save(path, sample_model("torus", 2000, seed=0)[0])
+    np.save(path, sample_model("torus", 1000, seed=0)[0])
     out = tmp_path / "out"
     assert main(["topology", "--points", str(path), "--any-points", "--no-charts", "--out", str(out)]) == 0
     verdict = json.loads((out / "verdict.json").read_text())
-    assert verdict["core"] is None and verdict["n_core"] == 2000 and verdict["landmarks_used"] == 150
+    assert verdict["core"] is None and verdict["n_core"] == 1000 and verdict["landmarks_used"] == 150
     assert verdict["persistence"]["verdict"] == "torus"
