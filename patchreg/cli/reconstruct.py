@@ -37,7 +37,8 @@ DEFAULT_N_PATCHES = 40_000  # patchnr's random patches per iteration
 # (chart, scale) pairs kept per patch: HQS keeps 1 (validation, sigma 25: 0.03 dB below 2 at 0.6x the time,
 # bench/results/chart_prior_tuning_top.md); the gradient solvers 4 (log p error 0.94 nats/patch on clean patches)
 DEFAULT_TOP_CHARTS = {"hqs": 1, "adam": 4, "lbfgs": 4}
-# Gradient solvers (adam, lbfgs), every prior: lam weighs the mean patch NLL and defaults to SCALE[task] * n_patches / d, n_patches = (H - p + 1)(W - p + 1) and
+# Gradient solvers (adam, lbfgs), every prior: lam weighs the mean patch NLL and defaults to
+# SCALE[task] * n_patches / d, n_patches = (H - p + 1)(W - p + 1) and
 # d the patch dimension. Scale 1 makes the objective EPLL's energy (data NLL + (1/d) * sum of the
 # patch NLLs: Zoran & Weiss's data weight d / sigma^2, divided by d). On a 64x64 crop of
 # `camera` (L-BFGS, 100 steps, bench/results/gmm_k200_p6) scale 1 gave 27.7 dB for denoising at
@@ -47,7 +48,7 @@ DEFAULT_EPLL_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0, "
 DEFAULT_CHARTS_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0, "inpaint": 1.0}
 # PatchNR (a mean over N_p random patches) on the same scale. The paper's lam (700 for CT, 0.15 for
 # x4 SR) belongs to its unweighted data terms: with our data NLL ||Ax - y||^2 / (2 sigma^2) 0.15 left
-# a sigma-25 denoising visibly noisy (demo: lam = n_patches / d gave 28.3 dB where 0.15 gave ~21 dB).
+# a sigma-25 denoising visibly noisy (the demo's camera crop; lam = n_patches / d gave 28.3 dB there).
 # Denoising: 0.3, chosen on two validation crops (128x128, sigma 25, N_p 2000, 300 Adam steps): 26.14 / 26.78
 # dB at 0.3 against 24.21 / 24.67 at 1 and about 21 at 0.1 (bench/results/patchnr_lam_validation*.md,
 # patchnr_lam_x1_validation*.md). The other tasks are not tuned yet.
