@@ -192,17 +192,23 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
+def image_files(folder, what: str = "folder") -> list[Path]:
+    """The image files directly in `folder`, sorted; errors name it as `what` when it is missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{what} {str(folder)!r} is not an existing directory")
+    files = _image_files(folder)
+    if not files:
+        raise ValueError(f"{what} {str(folder)!r} holds no image files with extension in {IMAGE_EXTENSIONS}")
+    return files
+
+
 def load_folder(folder, with_names: bool = False):
     """Every png/jpg/tif image directly in `folder` (not sub-folders), sorted by file name.
 
     Returns a list of float64 gray (H, W) arrays in [0, 1], or (images, file names).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder {str(folder)!r} is not an existing directory")
-    files = _image_files(folder)
-    if not files:
-        raise ValueError(f"folder {str(folder)!r} holds no image files with extension in {IMAGE_EXTENSIONS}")
+    files = image_files(folder)
     images = [load_image(p) for p in files]
     return (images, [p.name for p in files]) if with_names else images
 

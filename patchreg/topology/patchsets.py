@@ -33,15 +33,9 @@ __all__ = ["PatchSet", "build_patch_set", "image_files", "patch_set_key", "image
 
 
 def image_files(folder) -> list[Path]:
-    from ..data.images import _image_files
+    from ..data.images import image_files as folder_images
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"images folder {str(folder)!r} is not an existing directory")
-    files = _image_files(folder)
-    if not files:
-        raise ValueError(f"images folder {str(folder)!r} holds no image files")
-    return list(files)
+    return folder_images(folder, what="images folder")
 
 
 def patch_set_key(files, patch_size: int, top_fraction: float, seed: int) -> str:
