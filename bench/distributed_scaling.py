@@ -5,6 +5,11 @@ Workloads (each rank one thread; the global work is fixed, so ideal scaling halv
         split over the ranks (float64 statistics all-reduced); time per EM iteration.
   flow  PatchNR flow (5 GLOW blocks, 512 hidden) under DDP; --flow-batch patches per step in all;
         time per optimisation step.
+  reconstruct
+        `patchreg reconstruct --images DIR` over the first --recon-images validation images of train400
+        (180x180, denoising at sigma 25/255, --recon-prior with its pretrained weights, HQS), at every
+        --recon-batch size; the files are sharded over the ranks. Time per image = wall time of the whole
+        command (start-up, model loading and writing included) / images.
 Every (workload, processes) run is a fresh `torchrun --standalone` launch; runs are interleaved
 (1, N, 1, N, ...) over --rounds so machine noise hits both alike; the table gives medians.
 The timings exclude start-up (imports, rendezvous, data loading, the first warm-up iteration/steps).
@@ -118,6 +123,43 @@ def worker(args) -> None:
                                                      "procs": world.world_size}))
 
 
+# ------------------------------------------------------------------------------------ folder reconstruction
+def _recon_folder(args, scratch: Path) -> Path:
+    """scratch/images: links to the first --recon-images validation images of train400."""
+    from patchreg.data.natural import natural_dir, split_names
+
+    folder = scratch / "images"
+    if not folder.is_dir():
+        folder.mkdir()
+        for name in split_names("validation")[: args.recon_images]:
+            (folder / name).symlink_to(natural_dir() / "train400" / name)
+    return folder
+
+
+def launch_reconstruct(args, procs: int, batch: int, scratch: Path) -> dict:
+    images = _recon_folder(args, scratch)
+    out = scratch / f"recon_{procs}_{batch}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+               "-m", "patchreg", "reconstruct", "--task", "denoise", "--prior", args.recon_prior,
+               "--images", str(images), "--output-dir", str(out), "--batch-size", str(batch), "--threads", "1",
+               "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.timeout)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"reconstruct on {procs} processes failed:\n{done.stderr[-3000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    n = len(summary["rows"])
+    return {"wall": wall / n, "cpu": float("nan"), "solve": summary["seconds"] / n, "psnr": summary["mean_psnr"],
+            "unit": f"image ({n} images 180x180, {args.recon_prior} HQS denoising, batch {batch})",
+            "procs": procs, "batch": batch}
+
+
 # ------------------------------------------------------------------------------------ driver
 def launch(args, workload: str, procs: int, scratch: Path) -> dict:
     result = scratch / f"{workload}_{procs}.json"
@@ -151,6 +193,9 @@ def driver(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         for workload in args.workloads:
+            if workload == "reconstruct":
+                rows += _reconstruct_rows(args, scratch)
+                continue
             runs = {p: [] for p in args.procs}
             for round_ in range(args.rounds):
                 for procs in args.procs:
@@ -162,9 +207,11 @@ def driver(args) -> None:
                 cpu = statistics.median(r["cpu"] for r in runs[procs])
                 rows.append((workload, runs[procs][0]["unit"], procs, wall, min(r["wall"] for r in runs[procs]),
                              max(r["wall"] for r in runs[procs]), cpu, base / wall, base / wall / procs * args.procs[0]))
+    recon = [row for row in rows if row[0] == "reconstruct"]
+    rows = [row for row in rows if row[0] != "reconstruct"]
     lines = [
         "# Scaling over torch.distributed processes (patchreg.distributed)", "",
-        f"Command: `nice -n 19 python bench/distributed_scaling.py {' '.join(sys.argv[1:])}`".rstrip(), "",
+        f"Command: `python bench/distributed_scaling.py {' '.join(sys.argv[1:])}`".rstrip(), "",
         f"Machine: {platform.machine()} {args.device.upper()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"backend {'NCCL' if args.device == 'cuda' else 'gloo'}, 1 thread per process, {args.rounds} interleaved rounds "
         f"(medians; min-max in brackets). Load average (1/5/15 min) {load_start} at the start, {_load()} at the end; "
@@ -178,6 +225,16 @@ def driver(args) -> None:
     lines += ["", "speed-up = median wall time of the first row of the workload / this row's; efficiency = "
               "speed-up / (processes / first row's processes). The global work per unit is the same for every "
               "process count."]
+    if recon:
+        lines += ["", "## Folder reconstruction (`patchreg reconstruct --images DIR`)", "",
+                  "| unit | processes | batch | wall s / image, whole command | (min-max) | solve s / image, "
+                  "per process | mean PSNR (dB) | speed-up |", "|---|---:|---:|---:|---|---:|---:|---:|"]
+        for _, unit, procs, batch, wall, lo, hi, solve, psnr, speedup in recon:
+            lines.append(f"| {unit} | {procs} | {batch} | {wall:.3f} | ({lo:.3f}-{hi:.3f}) | {solve:.3f} | "
+                         f"{psnr:.2f} | {speedup:.2f}x |")
+        lines += ["", "wall: the whole command (torchrun start-up, imports, model loading, writing) divided by the "
+                  "images; solve: the solver's time per image inside one process (a batch's time / its images); "
+                  "speed-up against the first row (1 process, the first batch size)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
@@ -185,11 +242,31 @@ def driver(args) -> None:
         Path(args.out).write_text(text + (args.note or ""))
 
 
+def _reconstruct_rows(args, scratch: Path) -> list[tuple]:
+    configs = [(procs, batch) for procs in args.procs for batch in args.recon_batch]
+    runs = {config: [] for config in configs}
+    for round_ in range(args.rounds):
+        for procs, batch in configs:
+            runs[(procs, batch)].append(launch_reconstruct(args, procs, batch, scratch))
+            print(f"reconstruct round {round_ + 1} procs {procs} batch {batch}: "
+                  f"{runs[(procs, batch)][-1]['wall']:.3f} s / image", flush=True)
+    base = statistics.median(r["wall"] for r in runs[configs[0]])
+    rows = []
+    for config in configs:
+        done = runs[config]
+        wall = statistics.median(r["wall"] for r in done)
+        rows.append(("reconstruct", (done[0]["unit"],) + config + (wall, min(r["wall"] for r in done),
+                     max(r["wall"] for r in done), statistics.median(r["solve"] for r in done), done[0]["psnr"],
+                     base / wall)))
+    return [(name,) + values for name, values in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", choices=("gmm", "flow"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
-    parser.add_argument("--workloads", nargs="+", choices=("gmm", "flow"), default=["gmm", "flow"])
+    parser.add_argument("--workloads", nargs="+", choices=("gmm", "flow", "reconstruct"),
+                        default=["gmm", "flow", "reconstruct"])
     parser.add_argument("--procs", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -198,6 +275,9 @@ def main() -> None:
     parser.add_argument("--gmm-iters", type=int, default=3)
     parser.add_argument("--flow-batch", type=int, default=256)
     parser.add_argument("--flow-steps", type=int, default=20)
+    parser.add_argument("--recon-images", type=int, default=16)
+    parser.add_argument("--recon-prior", choices=("epll", "charts"), default="epll")
+    parser.add_argument("--recon-batch", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", default=None)
     parser.add_argument("--note", default=None, help=argparse.SUPPRESS)

@@ -75,7 +75,19 @@ def register(subparsers) -> None:
     source.add_argument("--images", metavar="DIR",
                         help="a folder of clean images (as --image, one seed each: --seed + index); writes "
                              "--output-dir, skips images already done, sharded over ranks under torchrun")
-    p.add_argument("--output-dir", help="with --images: the folder for the estimates, metrics and summary")
+    source.add_argument("--observations", metavar="DIR",
+                        help="a folder of measurements (as --observation, matched by file name to --references "
+                             "and --masks); writes --output-dir like --images")
+    folder = p.add_argument_group("folder mode (--images or --observations)")
+    folder.add_argument("--output-dir", help="the folder for the estimates (NAME.png/.npy), their metrics (NAME.json) "
+                                             "and summary.md/.json")
+    folder.add_argument("--references", metavar="DIR",
+                        help="with --observations: clean images NAME.* for the metrics (every observation needs one)")
+    folder.add_argument("--masks", metavar="DIR",
+                        help="with --observations --task inpaint: the masks NAME.npy or NAME.png (nonzero = observed)")
+    folder.add_argument("--batch-size", type=int, default=1,
+                        help="images of the same size reconstructed together as one batch (default 1; every image "
+                             "is solved as if alone, except that PatchNR's random patches are drawn per batch)")
     p.add_argument("--reference", help="clean image (.png etc. or .npy) for metrics when --observation is given")
     p.add_argument("--mask", help="inpainting mask .npy or image (nonzero = observed), with --observation")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
@@ -564,7 +576,7 @@ def _check_patch_fits(model, image_shape, args) -> None:
 
 
 # ------------------------------------------------------------------------------------ outputs
-def _write_outputs(args, x, clean, seconds, sigma, lam) -> dict:
+def _write_outputs(args, x, clean, seconds, sigma, lam, extra: dict | None = None) -> dict:
     import io
 
     import numpy as np
@@ -586,7 +598,7 @@ def _write_outputs(args, x, clean, seconds, sigma, lam) -> dict:
         atomic_write_bytes(out, buffer.getvalue())
     metrics = {
         "task": args.task, "prior": args.prior, "solver": args.solver, "checkpoint": str(args.checkpoint_path),
-        "sigma": sigma, "lam": lam, "seed": args.seed, "seconds": seconds,
+        "sigma": sigma, "lam": lam, "seed": args.seed, "seconds": seconds, **(extra or {}),
     }
     if clean is not None:
         metrics["psnr"] = float(psnr(x, clean)[0])
@@ -597,15 +609,19 @@ def _write_outputs(args, x, clean, seconds, sigma, lam) -> dict:
 
 
 def run(args) -> int:
-    if getattr(args, "images", None) is not None:
+    if getattr(args, "images", None) is not None or getattr(args, "observations", None) is not None:
         from .reconstruct_folder import run_folder
 
         return run_folder(args)
-    for option, value in (("--output-dir", getattr(args, "output_dir", None)),):
+    for option, value in (("--output-dir", getattr(args, "output_dir", None)),
+                          ("--references", getattr(args, "references", None)),
+                          ("--masks", getattr(args, "masks", None))):
         if value is not None:
-            raise ValueError(f"{option} applies only with --images DIR")
+            raise ValueError(f"{option} applies only with --images DIR or --observations DIR")
+    if getattr(args, "batch_size", 1) != 1:
+        raise ValueError(f"--batch-size applies only with --images DIR or --observations DIR, got {args.batch_size}")
     if args.output is None:
-        raise ValueError("--output is required (or --images DIR with --output-dir)")
+        raise ValueError("--output is required (or --images DIR / --observations DIR with --output-dir)")
     # Everything that can be checked without loading or computing, first.
     _check_options(args)
     _check_outputs(args)
