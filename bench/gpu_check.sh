@@ -33,6 +33,9 @@ step info $PY -m patchreg.info
 step test-patches $PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
 step test-gmm $PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider
 step test-charts $PY -m pytest -q tests/test_charts_op.py -k "thread or cuda" -p no:cacheprovider
+step test-reconstruct-cli $PY -m pytest -q tests/test_cli_reconstruct.py -k "cuda" -p no:cacheprovider
+step scaling-nccl $PY bench/distributed_scaling.py --device cuda --procs 1 --workloads gmm flow --rounds 1 \
+  --gmm-patches 400000 --flow-batch 4096 --out "$RESULTS/distributed_scaling_cuda.md"
 step bandwidth $PY bench/gpu_bandwidth.py --out "$RESULTS/gpu_bandwidth.md"
 step gmm-flops $PY bench/gpu_gmm_flops.py --out "$RESULTS/gpu_gmm_flops.md"
 step charts-speed $PY bench/charts_op_speed.py --device cuda --rounds 5 --ref-chunk 8192 65536 \

@@ -1,4 +1,4 @@
-"""Tune the splitting's beta schedule per task (deblur, sr2, sr4, inpaint, ct_limited) on the validation
+"""Tune the splitting's beta schedule per task (deblur, sr2, sr4, inpaint, ct_limited, ct_lowdose) on the validation
 split of train400, for EPLL and the chart prior (never on the test images).
 
 The observations have small noise (0.01) or a non-identity operator, so Zoran & Weiss's schedule
@@ -6,7 +6,8 @@ The observations have small noise (0.01) or a non-identity operator, so Zoran & 
 schedule here starts from an image-domain noise level s and grows: betas = (1/s^2)[1, 4, 8, 16, 32, 64],
 the data weight stays lam = d / sigma^2 (the MAP weight). Grid over s; the best mean PSNR over
 --images validation images is the default of `patchreg.priors.task_defaults` (the CLI and
-bench/priors_table.py read it from there).
+bench/priors_table.py read it from there). ct_lowdose (Poisson counts) uses the weighted least squares of
+the counts (patchreg.priors.hqs.weighted_problem), whose weights are the inverse variances: sigma = 1 there.
 
     python bench/hqs_task_tuning.py --images 3 --out bench/results/hqs_task_tuning
 """
@@ -34,14 +35,16 @@ from patchreg.data import load_train400, to_tensor  # noqa: E402
 from patchreg.metrics import psnr  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 from patchreg.priors import GMM, PatchCharts, charts_restore, epll_restore  # noqa: E402
+from patchreg.priors.hqs import weighted_problem  # noqa: E402
 from patchreg.priors.task_defaults import schedule_from_start  # noqa: E402
 
-TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited")
+TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited", "ct_lowdose")
 
 
 def restore(prior, model, task, op, y, sigma, start, lam_scale):
     betas = schedule_from_start(start)
     x0 = op.initial_guess(y)
+    op, y = weighted_problem(op, y)  # Poisson counts: the whitened weighted least squares (sigma = 1)
     lam = lam_scale * model.dim / sigma**2
     if prior == "epll":
         return epll_restore(y, op, model, sigma, betas=betas, lam=lam, x0=x0)

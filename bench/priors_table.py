@@ -5,6 +5,10 @@ Tasks (images in [0, 1], the 8-bit files / 255; noise seeded per image: seed + i
   deblur            Gaussian blur std 2 px, noise 0.01;
   sr2, sr4          PatchNR's operator (blur std s/2, stride s), noise 0.01;
   ct_limited        the test image resized to --ct-size, 60 angles over 120 degrees, noise CT_NOISE;
+  ct_lowdose        the test image resized to --ct-size, 60 angles over 180 degrees, Poisson counts of
+                    LOWDOSE_PHOTONS photons (LoDoPaB-CT's 4096; attenuation 0.02: about 2.3% noise on the
+                    sinogram); the splitting priors use the weighted least squares of the counts
+                    (patchreg.priors.hqs.weighted_problem);
   inpaint           50% of the pixels missing (seeded mask), noise 0.01.
 Priors (all trained on the training split of train400; checkpoints by name or path):
   epll        half-quadratic splitting with the GMM (patchreg.priors.epll_restore; defaults of the paper
@@ -48,16 +52,18 @@ from patchreg import physics  # noqa: E402
 from patchreg.data import load_set12, to_tensor  # noqa: E402
 from patchreg.metrics import measure, psnr, ssim  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
+from patchreg.priors.hqs import weighted_problem  # noqa: E402
 from patchreg.priors.task_defaults import hqs_betas, hqs_lam, schedule_from_start  # noqa: E402
 
-TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "inpaint")
+TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "ct_lowdose", "inpaint")
 PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
 CT_NOISE = 0.5
+LOWDOSE_PHOTONS = 4096.0
 
 
 def prepare_clean(task: str, clean: torch.Tensor, ct_size: int) -> torch.Tensor:
     """The ground truth of a cell: the image itself, or for CT the image resized (anti-aliased) to ct_size."""
-    if task != "ct_limited" or max(clean.shape[-2:]) <= ct_size:
+    if not task.startswith("ct_") or max(clean.shape[-2:]) <= ct_size:
         return clean
     from skimage.transform import resize
 
@@ -79,6 +85,9 @@ def make_problem(task: str, clean: torch.Tensor, seed: int):
     elif task == "ct_limited":
         sigma = CT_NOISE
         op = physics.Tomography((H, W), 60, math.radians(120), noise_model=physics.GaussianNoise(CT_NOISE))
+    elif task == "ct_lowdose":
+        sigma = 1.0  # the weighted least squares' weights are the inverse variances (task_defaults.POISSON_TASKS)
+        op = physics.Tomography((H, W), 60, math.pi, noise_model=physics.PoissonNoise(LOWDOSE_PHOTONS))
     elif task == "inpaint":
         sigma = 0.01
         op = physics.Inpainting.random((H, W), 0.5, seed=seed, noise_model=physics.GaussianNoise(0.01))
@@ -116,6 +125,7 @@ class Runners:
         if task.startswith("denoise"):
             return restore(y, None, sigma).double()
         x0 = op.initial_guess(y) if hasattr(op, "initial_guess") else None
+        op, y = weighted_problem(op, y)  # Poisson counts: the whitened weighted least squares
         if self.args.hqs_start is not None:  # image-domain noise level the schedule starts from
             betas, lam = schedule_from_start(self.args.hqs_start), None
         else:  # tuned on validation (bench/hqs_task_tuning.py)
@@ -202,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hqs-start", type=float, default=None,
                     help="non-denoising tasks: sigma the HQS schedule starts from (default: "
                          "patchreg.priors.task_defaults, tuned on validation)")
-    ap.add_argument("--ct-size", type=int, default=256, help="ct_limited: larger images are resized to this size")
+    ap.add_argument("--ct-size", type=int, default=256, help="ct_*: larger images are resized to this size")
     ap.add_argument("--lbfgs-steps", type=int, default=100, help="charts_lbfgs: L-BFGS iterations")
     ap.add_argument("--lbfgs-top", type=int, default=4, help="charts_lbfgs: (chart, scale) pairs kept per patch")
     ap.add_argument("--patchnr-patches", type=int, default=40_000)

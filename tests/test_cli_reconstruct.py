@@ -510,3 +510,26 @@ def test_charts_prior_end_to_end(tmp_path, capsys, files, solver):
     code, _, err = run_cli(capsys, *argv)
     assert code == 0, err
     assert np.load(tmp_path / "x.npy").shape == (SIZE, SIZE)
+
+
+# ------------------------------------------------------------------------------------ --device
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without a GPU")
+def test_device_cuda_without_a_gpu_is_rejected_before_any_work(files, tmp_path, capsys, no_work):
+    assert_rejected(capsys, [*base(files, tmp_path / "x.npy"), "--image", files["image"], "--device", "cuda"],
+                    "--device cuda: no CUDA device is available", folder=tmp_path)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("task, prior, extra", [("denoise", "epll", []), ("deblur", "epll", []),
+                                                ("inpaint", "epll", []), ("ct", "epll", ["--photons", "4096"]),
+                                                ("denoise", "patchnr", ["--steps", "5", "--n-patches", "64"])])
+def test_cuda_solve_matches_the_cpu_solve(files, tmp_path, capsys, task, prior, extra):
+    estimates = {}
+    for device in ("cpu", "cuda"):
+        out = tmp_path / f"{device}.npy"
+        argv = [*base(files, out, task=task, prior=prior), "--image", files["image"], "--device", device,
+                "--precision", "float64", *extra]
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0, err
+        estimates[device] = np.load(out)
+    np.testing.assert_allclose(estimates["cuda"], estimates["cpu"], rtol=1e-5, atol=1e-6)

@@ -39,14 +39,15 @@ def test_schedule_rejects_a_non_positive_start():
 
 
 @pytest.mark.parametrize("cli_task, extra, tuned", [("deblur", [], "deblur"), ("sr", ["--factor", "2"], "sr2"),
-                                                    ("sr", ["--factor", "4"], "sr4"), ("inpaint", [], "inpaint")])
+                                                    ("sr", ["--factor", "4"], "sr4"), ("inpaint", [], "inpaint"),
+                                                    ("ct", [], "ct_limited"), ("ct", ["--photons", "4096"], "ct_lowdose")])
 def test_cli_uses_the_tuned_schedule(tmp_path, monkeypatch, capsys, cli_task, extra, tuned):
     import patchreg.priors as priors
 
     seen = {}
 
     def fake_restore(y, op, model, sigma, betas=None, lam=None, **kwargs):
-        seen["betas"], seen["lam"] = betas, lam
+        seen["betas"], seen["lam"], seen["op"] = betas, lam, op
         return torch.zeros(1, 1, 16, 16, dtype=y.dtype)
 
     monkeypatch.setattr(priors, "epll_restore", fake_restore)
@@ -56,4 +57,7 @@ def test_cli_uses_the_tuned_schedule(tmp_path, monkeypatch, capsys, cli_task, ex
                  "--image", str(tmp_path / "clean.npy"), "--output", str(tmp_path / "x.npy"), "--quiet", *extra])
     assert code == 0, capsys.readouterr().err
     assert seen["betas"] == pytest.approx(task_defaults.hqs_betas("epll", tuned))
-    assert seen["lam"] == pytest.approx(task_defaults.hqs_lam("epll", tuned, 9, 0.01))  # 3x3 GMM, default sigma
+    # 3x3 GMM, default sigma; with Poisson counts the weighted least squares' weights carry the 1/sigma^2
+    sigma = 1.0 if tuned in task_defaults.POISSON_TASKS else 0.01
+    assert seen["lam"] == pytest.approx(task_defaults.hqs_lam("epll", tuned, 9, sigma))
+    assert (type(seen["op"]).__name__ == "Whitened") == (tuned in task_defaults.POISSON_TASKS)

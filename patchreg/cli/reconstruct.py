@@ -116,7 +116,8 @@ def register(subparsers) -> None:
                              "charts, adam for patchnr")
     solver.add_argument("--lam", type=float, default=None,
                         help="hqs: data weight (> 0; default d/sigma^2 for denoise, the tuned multiple of it for the "
-                             "other tasks: patchreg.priors.task_defaults); adam/lbfgs: weight (>= 0) of the mean patch "
+                             "other tasks: patchreg.priors.task_defaults; ct with --photons: the weighted least "
+                             "squares of the counts, whose weights carry the 1/sigma^2); adam/lbfgs: weight (>= 0) of the mean patch "
                              "NLL (default: a per-task scale times n_patches/d, EPLL's MAP energy)")
     solver.add_argument("--betas", type=str, default=None,
                         help="hqs: comma-separated splitting penalties (default (1/sigma^2)[1,4,8,16,32])")
@@ -131,6 +132,9 @@ def register(subparsers) -> None:
                         help="arithmetic of the solver (default float32: twice as fast as float64, PSNR equal to "
                              "1e-3 dB on Set12; float64 for ill-conditioned operators)")
     solver.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    solver.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where the model and the solver run (cuda: the current GPU; under torchrun GPU LOCAL_RANK "
+                             "with the NCCL backend)")
     solver.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -481,8 +485,25 @@ def _load_problem(args):
 
 
 # ------------------------------------------------------------------------------------ priors
+def check_device(args) -> None:
+    """--device cuda needs a visible GPU (checked before any loading)."""
+    import torch
+
+    if getattr(args, "device", "cpu") == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available (use --device cpu)")
+
+
+def solver_device(args):
+    """The torch device of --device (cuda: the current GPU, which torchrun's session sets per rank)."""
+    import torch
+
+    if getattr(args, "device", "cpu") == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _load_model(args, checkpoint: Path):
-    """The GMM, flow or PatchCharts in the checkpoint; load errors name --checkpoint."""
+    """The GMM, flow or PatchCharts in the checkpoint, on --device; load errors name --checkpoint."""
     if args.prior == "epll":
         from ..priors import GMM as loader
     elif args.prior == "patchnr":
@@ -493,9 +514,11 @@ def _load_model(args, checkpoint: Path):
     else:
         loader = _charts_api()[0]
     try:
-        return loader.load(checkpoint)
+        model = loader.load(checkpoint)
     except (ValueError, TypeError, KeyError) as exc:
         raise ValueError(f"--checkpoint {str(checkpoint)!r}: {exc}") from None
+    device = solver_device(args)
+    return model if device.type == "cpu" else model.to(device)  # loaded on the CPU
 
 
 def _charts_api():
@@ -518,28 +541,34 @@ def _gradient_lam(args, model, image_shape) -> float:
 
 
 def _tuned_task(args) -> str:
-    """The task's name in patchreg.priors.task_defaults (CT: the limited-angle setting's schedule)."""
-    return {"sr": f"sr{args.factor}", "ct": "ct_limited"}.get(args.task, args.task)
+    """The task's name in patchreg.priors.task_defaults (CT: the low-dose schedule with --photons, else the
+    limited-angle one)."""
+    ct = "ct_lowdose" if args.photons is not None else "ct_limited"
+    return {"sr": f"sr{args.factor}", "ct": ct}.get(args.task, args.task)
 
 
 def _solve(args, model, y, physics, sigma, image_shape):
     """(estimate (1, 1, H, W), lam used or None for the HQS default)."""
     import torch
 
-    from ..priors.task_defaults import hqs_betas, hqs_lam
+    from ..priors.hqs import weighted_problem
+    from ..priors.task_defaults import POISSON_TASKS, hqs_betas, hqs_lam
 
     progress = not args.quiet
-    y = y.to(getattr(torch, args.precision))  # the solvers work in the observation's dtype
+    y = y.to(device=solver_device(args), dtype=getattr(torch, args.precision))  # solvers: y's dtype and device
     if args.solver == "hqs":
         if args.betas_list is not None:
             betas = args.betas_list
         else:
             betas = None if args.task == "denoise" else hqs_betas(args.prior, _tuned_task(args))
+        x0 = physics.initial_guess(y) if args.task in ("sr", "ct", "deblur") else None
+        op = None if args.task == "denoise" else physics
+        if _tuned_task(args) in POISSON_TASKS:  # the weighted least squares of the counts: weights carry 1/sigma^2
+            op, y = weighted_problem(physics, y)
+            sigma = 1.0
         lam = args.lam
         if lam is None and args.task != "denoise":
             lam = hqs_lam(args.prior, _tuned_task(args), model.dim, sigma)
-        op = None if args.task == "denoise" else physics
-        x0 = physics.initial_guess(y) if args.task in ("sr", "ct", "deblur") else None
         if args.prior == "epll":
             from ..priors import epll_restore
 
@@ -626,6 +655,7 @@ def run(args) -> int:
     _check_options(args)
     _check_outputs(args)
     _check_input_files(args)
+    check_device(args)
     args.checkpoint_path = _resolve_checkpoint(args)
 
     import torch
@@ -649,7 +679,7 @@ def _solve_and_write(args, model, clean, y, physics, sigma, image_shape) -> dict
     start = time.perf_counter()
     x, lam = _solve(args, model, y, physics, sigma, image_shape)
     seconds = time.perf_counter() - start
-    x = x.double()  # metrics and the .npy output are float64 whatever --precision was
+    x = x.double().cpu()  # metrics and the .npy output are float64 whatever --precision was
     if not bool(torch.isfinite(x).all()):
         raise ValueError(f"the reconstruction diverged (non-finite values) with --solver {args.solver}; "
                          "try a smaller --lr or --lam, or --solver hqs")

@@ -176,9 +176,10 @@ def run_folder(args) -> int:
     single._check_options(checked)
     args.solver, args.steps, args.betas_list = checked.solver, checked.steps, checked.betas_list  # resolved there
     _check_solver_batching(args)
+    single.check_device(args)
     args.checkpoint_path = single._resolve_checkpoint(args)
     items = plan_items(args, source, out)
-    with distributed.session("cpu", timeout_s=BARRIER_TIMEOUT_S) as world:
+    with distributed.session(args.device, timeout_s=BARRIER_TIMEOUT_S) as world:
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
         distributed.barrier()
@@ -276,7 +277,7 @@ def _solve_batch(args, model, batch: list[Item], out: Path, counts: dict, bar) -
             _record_failure(out, item, exc, counts, bar)
         return
     seconds = time.perf_counter() - start
-    x = x.double()
+    x = x.double().cpu()
     extra = {"batch_size": len(batch), "batch_seconds": seconds, "batch_seed": first.seed}
     for k, item in enumerate(batch):
         estimate = x[k : k + 1]

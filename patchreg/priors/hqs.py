@@ -25,7 +25,8 @@ from ..ops.patches import aggregate_patches, extract_patches
 from ..physics.solvers import conjugate_gradient
 from ..reference.patches import coverage_count
 
-__all__ = ["check_hqs_settings", "default_betas", "default_start", "half_quadratic_splitting"]
+__all__ = ["check_hqs_settings", "default_betas", "default_start", "half_quadratic_splitting",
+           "weighted_problem"]
 
 BETA_SCHEDULE = (1.0, 4.0, 8.0, 16.0, 32.0)
 PRIOR_WEIGHTS = ("uniform", "coverage")
@@ -52,6 +53,19 @@ def check_hqs_settings(sigma, betas, lam, dim: int, inner_iters: int, stride: in
     if prior_weight not in PRIOR_WEIGHTS:
         raise ValueError(f"prior_weight must be one of {PRIOR_WEIGHTS}, got {prior_weight!r}")
     return betas, float(lam)
+
+
+def weighted_problem(physics, y):
+    """(operator, measurements) for the splitting: with Poisson counts (physics.noise_model a PoissonNoise) the
+    whitened pair of the weighted least squares data term (patchreg.physics.whitened), so that the data weight
+    lam carries no 1/sigma^2; otherwise (physics, y) unchanged."""
+    from ..physics import PoissonNoise, Whitened, poisson_weights
+
+    noise = getattr(physics, "noise_model", None)
+    if not isinstance(noise, PoissonNoise):
+        return physics, y
+    whitened = Whitened(physics, poisson_weights(noise, y))
+    return whitened, whitened.whiten(y)
 
 
 def is_denoising(physics) -> bool:

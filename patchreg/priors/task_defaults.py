@@ -14,14 +14,17 @@ from __future__ import annotations
 __all__ = ["HQS_SETTINGS", "SCHEDULE", "TASKS", "hqs_betas", "hqs_lam", "schedule_from_start"]
 
 SCHEDULE = (1.0, 4.0, 8.0, 16.0, 32.0, 64.0)
-TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited")
+TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited", "ct_lowdose")
+# Tasks whose data term is the weighted least squares of Poisson counts (hqs.weighted_problem): the weights
+# are the inverse variances, so hqs_lam takes sigma = 1.
+POISSON_TASKS = ("ct_lowdose",)
 
 # (start s, data weight scale) per prior and task (bench/results/hqs_task_tuning.md).
 HQS_SETTINGS = {
     "epll": {"deblur": (0.16, 3.0), "sr2": (0.16, 3.0), "sr4": (0.32, 3.0), "inpaint": (0.64, 3.0),
-             "ct_limited": (0.32, 3.0)},
+             "ct_limited": (0.32, 3.0), "ct_lowdose": (0.16, 3.0)},
     "charts": {"deblur": (0.16, 3.0), "sr2": (0.16, 3.0), "sr4": (0.32, 3.0), "inpaint": (0.64, 3.0),
-               "ct_limited": (0.16, 3.0)},
+               "ct_limited": (0.16, 3.0), "ct_lowdose": (0.16, 3.0)},
 }
 
 
