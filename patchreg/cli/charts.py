@@ -6,6 +6,11 @@ import sys
 from pathlib import Path
 
 
+# The point-data defaults, for the help text only (importing patchreg.charts here would load torch on every
+# command); tests/test_charts.py checks that they equal patchreg.charts.training.TOY_DEFAULTS.
+_TOY = dict(steps=3000, split="0.1/0.7/0.2", lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3)
+
+
 def register_train(train_kinds) -> None:
     p = train_kinds.add_parser("charts", help="train a mixture of charts (VAE or FIF family) on points or images")
     p.add_argument("--data", required=True,
@@ -19,17 +24,26 @@ def register_train(train_kinds) -> None:
     p.add_argument("--selector-points", type=int, default=50_000,
                    help="image data: patches used to fit the chart selector after training")
     p.add_argument("--family", choices=("vae", "fif"), default="fif")
-    p.add_argument("--charts", type=int, default=2, help="number of charts K (>= 1)")
+    p.add_argument("--charts", type=int, default=None,
+                   help="number of charts K (>= 1; default: a toy manifold's suggested K, e.g. torus 6, else 2)")
     p.add_argument("--latent-dim", type=int, default=None, help="chart dimension d (< n); default: the toy manifold's")
     p.add_argument("--architecture", choices=("mlp", "conv"), default="mlp")
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--blocks", type=int, default=2, help="residual blocks per network")
-    p.add_argument("--train-sigma", type=float, default=0.05, help="noise scale of the training loss")
+    p.add_argument("--width", type=int, default=None, help=f"hidden width (default: point data {_TOY['width']}, images 64)")
+    p.add_argument("--blocks", type=int, default=None,
+                   help=f"residual blocks per network (default: point data {_TOY['blocks']}, images 2)")
+    p.add_argument("--train-sigma", type=float, default=None,
+                   help=f"noise scale of the training loss (default: point data {_TOY['train_sigma']}, images 0.05)")
     p.add_argument("--beta", type=float, default=None, help="FIF reconstruction weight (default 1/(2 train_sigma^2))")
-    p.add_argument("--steps", type=int, default=1600,
-                   help="total steps: 1/4 pretrain, 1/2 mixture, 1/4 overlap (see patchreg.charts.training)")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"total steps (default: point data {_TOY['steps']}, split {_TOY['split']} pretrain / mixture / "
+                        "overlap, see patchreg.charts.training.TOY_DEFAULTS; images 1600, split 1/4, 1/2, 1/4)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default: point data {_TOY['lr']}, images 1e-3)")
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                   help=f"after pre-training (default: point data {_TOY['lr_schedule']}, images constant)")
+    p.add_argument("--seed-fraction", type=float, default=None,
+                   help=f"local seeding: each chart starts on this fraction of its k-means cluster, nearest its centre "
+                        f"(default: point data {_TOY['seed_fraction']}, images 1)")
     p.add_argument("--n-train", type=int, default=5000, help="training points drawn from a toy manifold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -74,17 +88,30 @@ def _train(args) -> int:
 def _train_in_world(args) -> int:
     import torch
 
-    from ..charts import TrainConfig, TrainingDiverged, build_mixture, load_mixture, train_mixture
+    from ..charts import TrainingDiverged, build_mixture, load_mixture, train_mixture
     from ..charts.datasets import load_dataset
+    from ..charts.training import toy_train_config
 
-    if args.charts < 1:
+    from ..charts.training import TOY_DEFAULTS
+
+    image = _is_image_spec(args.data) or args.patch_size is not None
+    defaults = (dict(steps=1600, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2, seed_fraction=1.0)
+                if image else TOY_DEFAULTS)
+    for name in ("steps", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+        if getattr(args, name) is None:
+            setattr(args, name, defaults[name])
+    if args.charts is not None and args.charts < 1:
         raise ValueError(f"--charts must be >= 1, got {args.charts}")
+    if not 0 < args.seed_fraction <= 1:
+        raise ValueError(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
     if args.steps < 4:
-        raise ValueError(f"--steps must be >= 4 (a quarter each for pre-training and overlap), got {args.steps}")
+        raise ValueError(f"--steps must be >= 4 (each phase needs a step), got {args.steps}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
+    if args.width < 1 or args.blocks < 1:
+        raise ValueError(f"--width and --blocks must be >= 1, got {args.width} and {args.blocks}")
     from ..distributed import current_world
 
     if args.batch_size % current_world().world_size:
@@ -92,9 +119,13 @@ def _train_in_world(args) -> int:
                          f"({current_world().world_size})")
     if not args.train_sigma > 0:
         raise ValueError(f"--train-sigma must be > 0, got {args.train_sigma}")
-    if _is_image_spec(args.data) or args.patch_size is not None:
+    if image:
+        if args.charts is None:
+            args.charts = 2
         return _train_patches(args)
     data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1)
+    if args.charts is None:
+        args.charts = data.manifold.suggested_charts if args.data.startswith("toy:") else 2
     d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
     if d is None:
         raise ValueError("--latent-dim is required for this data")
@@ -102,15 +133,15 @@ def _train_in_world(args) -> int:
     if not torch.isfinite(data.train).all():
         raise ValueError(f"data {args.data} contains NaN or infinite values")
     out = Path(args.out)
+    torch.manual_seed(args.seed)  # the initial weights too (as bench/charts_toy_seeds.py)
     if args.resume and out.is_file():
         model, _ = load_mixture(out, torch.float32)
     else:
         model = build_mixture(args.family, args.charts, n, d, args.architecture, args.width, args.blocks,
                               args.train_sigma, args.beta).float()
-    q = args.steps // 4
-    config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
-                         lr=args.lr, train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every)
-    torch.manual_seed(args.seed)
+    config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
+                              train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                              seed_fraction=args.seed_fraction)
     try:
         history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as exc:
@@ -156,8 +187,10 @@ def _train_patches(args) -> int:
         raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
     q = args.steps // 4
     config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
-                         lr=args.lr, train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                         seed_points=max(5000, 50 * args.charts), responsibility_floor=args.responsibility_floor)
+                         lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
+                         seed_fraction=args.seed_fraction,
+                         checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
+                         responsibility_floor=args.responsibility_floor)
     torch.manual_seed(args.seed)
     try:
         model = train_patch_charts(images, args.patch_size, args.family, args.charts, args.latent_dim, args.width,

@@ -1,0 +1,175 @@
+"""Issue 15: the learning-rate schedule, local seeding, the training callback, the CLI's point-data defaults,
+and the relative metrics (manifold diameters, sliced-W2 and coverage floors)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from patchreg.charts import TrainConfig, build_mixture, train_mixture
+from patchreg.charts.datasets import load_dataset
+from patchreg.charts.metrics import evaluate_mixture, manifold_diameter
+from patchreg.charts.seeding import seed_charts, seed_members
+from patchreg.charts.training import TOY_DEFAULTS, finalize, mixture_loss, toy_train_config
+from patchreg.data.toy_manifolds import Circle, get_manifold
+
+D64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cosine_schedule_values_and_constant_unchanged():
+    config = TrainConfig(pretrain_steps=10, mixture_steps=60, overlap_steps=30, lr=2e-3, lr_schedule="cosine",
+                         lr_final=0.05)
+    assert config.learning_rate(0) == config.learning_rate(9) == 2e-3  # pre-training at full lr
+    assert config.learning_rate(10) == pytest.approx(2e-3)
+    assert config.learning_rate(55) == pytest.approx(2e-3 * (0.05 + 0.95 * 0.5))  # half-way: the mean
+    assert config.learning_rate(100) == config.learning_rate(120) == pytest.approx(2e-3 * 0.05)
+    lrs = [config.learning_rate(s) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    constant = TrainConfig(pretrain_steps=10, mixture_steps=60, overlap_steps=30, lr=2e-3)
+    assert {constant.learning_rate(s) for s in range(100)} == {2e-3}
+
+
+def test_config_check_names_field_and_bound():
+    for field, value, match in [("lr_schedule", "step", "lr_schedule must be one of"), ("lr_final", 0.0, r"lr_final must be in \(0, 1\]"),
+                                ("seed_fraction", 1.5, r"seed_fraction must be in \(0, 1\]"), ("lr", -1.0, "lr must be > 0"),
+                                ("mixture_steps", -1, "mixture_steps must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**{field: value}).check()
+    model = build_mixture("fif", 1, 2, 1, width=4, n_blocks=1)
+    with pytest.raises(ValueError, match="lr_schedule"):  # raised before any work
+        train_mixture(model, torch.zeros(10, 2), TrainConfig(lr_schedule="exp"), progress=False)
+
+
+def test_toy_train_config_phases_and_cli_help_defaults():
+    from patchreg.cli.charts import _TOY
+
+    config = toy_train_config()
+    assert config.total_steps == TOY_DEFAULTS["steps"]
+    assert config.pretrain_steps == round(TOY_DEFAULTS["pretrain_fraction"] * TOY_DEFAULTS["steps"])
+    assert config.overlap_steps == round(TOY_DEFAULTS["overlap_fraction"] * TOY_DEFAULTS["steps"])
+    for key in ("lr", "lr_schedule", "train_sigma", "batch_size", "seed_fraction"):
+        assert getattr(config, key) == TOY_DEFAULTS[key]
+    assert toy_train_config(10, lr=5e-4).total_steps == 10 and toy_train_config(10, lr=5e-4).lr == 5e-4
+    # the CLI's help text quotes the same defaults
+    for key in ("steps", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+        assert _TOY[key] == TOY_DEFAULTS[key], key
+    split = [float(v) for v in _TOY["split"].split("/")]
+    assert split[0] == TOY_DEFAULTS["pretrain_fraction"] and split[2] == TOY_DEFAULTS["overlap_fraction"]
+    assert sum(split) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="steps must be >= 3"):
+        toy_train_config(2)
+
+
+def test_local_seeding_patches_and_pretrain_membership():
+    torus = get_manifold("torus")
+    points = torch.from_numpy(torus.sample(3000, 0))
+    model = build_mixture("fif", 6, 3, 2, width=4, n_blocks=1).double()
+    whole = seed_charts(model, points, torch.Generator().manual_seed(0))
+    local = seed_charts(model, points, torch.Generator().manual_seed(0), fraction=0.3)
+    assert whole.shape == (6, 3) and local.shape == (6, 4)
+    torch.testing.assert_close(local[:, :3], whole)  # same clusters, plus the radii
+    members = seed_members(points, local)
+    full = seed_members(points, whole)
+    assert (full >= 0).all()
+    kept = members >= 0
+    assert (members[kept] == full[kept]).all()
+    assert 0.25 < kept.double().mean() < 0.35  # about the fraction of every cluster
+    # the pre-training loss ignores the points outside every patch (weight 0 in every chart)
+    _, w = mixture_loss(model, points[:200], TrainConfig(), "pretrain", local, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(w.sum(1), kept[:200].to(D64))
+    with pytest.raises(ValueError, match=r"fraction must be in \(0, 1\]"):
+        seed_charts(model, points, torch.Generator().manual_seed(0), fraction=0.0)
+
+
+def test_callback_sees_logged_steps_and_changes_nothing():
+    data = torch.from_numpy(Circle().sample(400, 0)).float()
+    config = TrainConfig(pretrain_steps=4, mixture_steps=6, overlap_steps=2, batch_size=32, lr=3e-3, seed_points=200,
+                         log_every=3, lr_schedule="cosine")
+    torch.manual_seed(0)
+    plain = build_mixture("fif", 2, 2, 1, width=8, n_blocks=1)
+    train_mixture(plain, data, config, progress=False)
+    seen = []
+
+    def callback(step, model, record):  # what bench/charts_convergence.py does: finalize and evaluate a copy
+        import copy
+
+        clone = copy.deepcopy(model)
+        finalize(clone, data[:100], 0.05)
+        clone.sample(50, torch.Generator().manual_seed(1))
+        record["seen"] = True
+        seen.append(step)
+
+    torch.manual_seed(0)
+    watched = build_mixture("fif", 2, 2, 1, width=8, n_blocks=1)
+    history = train_mixture(watched, data, config, progress=False, callback=callback)
+    assert seen == [3, 6, 9, 12] and all(h["seen"] for h in history)
+    for (name, a), b in zip(plain.state_dict().items(), watched.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("name,expected", [("circle", 2.0), ("two_circles", 5.0), ("sphere", 2.0), ("torus", 2.8)])
+def test_manifold_diameter_closed_forms_match_samples(name, expected):
+    manifold = get_manifold(name)
+    assert manifold_diameter(manifold) == pytest.approx(expected)
+    x = torch.from_numpy(manifold.sample(3000, 1))
+    sampled = float(torch.cdist(x, x).max())
+    assert sampled <= expected + 1e-9 and sampled > 0.99 * expected
+
+
+def test_swiss_roll_diameter_estimate():
+    roll = get_manifold("swiss_roll")
+    d = manifold_diameter(roll)
+    # the roll spans its height 1.0 and its outer turn (radius up to 4.5 pi * 0.1 = 1.41) across
+    assert math.hypot(2 * 1.2, 1.0) < d < math.hypot(2 * 4.5 * math.pi * 0.1, 1.0) + 1e-9
+
+
+def test_evaluate_reports_relative_distances_and_floors():
+    data = load_dataset("toy:circle", 300, 400, 0)
+    model = build_mixture("fif", 2, 2, 1, width=8, n_blocks=1).double()
+    result = evaluate_mixture(model, data, n=400, eps=0.1, seed=0)
+    assert result["diameter"] == 2.0
+    assert result["dist_mean_rel"] == pytest.approx(result["dist_mean"] / 2.0)
+    assert result["dist_p95_rel"] == pytest.approx(result["dist_p95"] / 2.0)
+    # the floors: true samples are close to the held-out ones, far closer than an untrained model
+    assert 0 < result["sliced_w2_floor"] < result["sliced_w2"] / 3
+    assert result["coverage_floor"] > 0.99 > result["coverage"]
+    assert np.isfinite(result["heldout_nll"])
+
+
+def test_cli_rejects_bad_schedule_settings(tmp_path, capsys):
+    from patchreg.cli import main
+
+    out = str(tmp_path / "x.safetensors")
+    assert main(["train", "charts", "--data", "toy:circle", "--seed-fraction", "0", "--out", out]) == 2
+    assert "--seed-fraction must be in (0, 1]" in capsys.readouterr().err
+    assert main(["train", "charts", "--data", "toy:circle", "--steps", "3", "--out", out]) == 2
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_defaults_are_the_library_defaults(tmp_path):
+    """`patchreg train charts` on a toy = toy_train_config + the toy's suggested K + seeded initial weights,
+    the recipe of bench/charts_toy_seeds.py's table (here shortened to 20 steps)."""
+    from patchreg.charts import load_mixture
+    from patchreg.cli import main
+
+    out = tmp_path / "c.safetensors"
+    assert main(["train", "charts", "--data", "toy:circle", "--steps", "20", "--width", "8", "--blocks", "1",
+                 "--n-train", "300", "--seed", "3", "--no-progress", "--out", str(out)]) == 0
+    cli_model, header = load_mixture(out, torch.float32)
+    assert header["model"]["n_charts"] == get_manifold("circle").suggested_charts
+    data = load_dataset("toy:circle", 300, 10, 3)
+    torch.manual_seed(3)
+    model = build_mixture("fif", 2, 2, 1, width=8, n_blocks=1, sigma=TOY_DEFAULTS["train_sigma"])
+    train_mixture(model, data.train.float(), toy_train_config(20, seed=3), progress=False)
+    assert header["training"]["config"]["seed_fraction"] == TOY_DEFAULTS["seed_fraction"]
+    for (name, a), b in zip(model.state_dict().items(), cli_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
