@@ -3,16 +3,20 @@
 Rows (value plus gradient of R for one image, all overlapping patches, stride 1):
   - extension: the fused patch ops, the fused GMM kernel for the selector and the fused chart kernel;
   - reference: the same algorithm on patchreg's pure-PyTorch path (patchreg.use_backend("reference"));
+  - reference, per-pair selection: the reference path as it was before 2026-12-03, when the selector scored
+    every (chart, scale) pair with its own Gaussian (P n^2 per patch; now K n^2, the same ranking);
   - EPLL's GMM.nll (value plus autograd gradient, fused GMM kernel) for scale.
 The contenders alternate within every round (machine noise hits them alike); medians are reported.
 Selection error: |log p(top m charts) - log p(all K charts)| per patch over the test image's patches
 (a lower bound, so the error is one-sided), for m = 1, 2, 4.
+Where the time goes: one extension evaluation under torch.profiler at 1 and 2 threads, the self time of
+the fused ops and of the largest remaining aten ops (the rest is many small ops and Python).
 Memory: peak resident memory (VmHWM) of a fresh process evaluating R and its gradient on a
 512x512 image, minus its peak just before. Extraction robustness: `extract_patches` of a 512x512
 image with p = 8 in --fresh fresh processes (first call and the median of 5 later calls) next to
 F.unfold.
 
-    python bench/chart_prior_speed.py --checkpoint pretrained:charts --rounds 3 --out bench/results/chart_prior_speed.md
+    python bench/chart_prior_speed.py --checkpoint pretrained:charts --top 4 --rounds 2 --out bench/results/chart_prior_speed.md
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ def speed_rows(model, gmm, rounds, top):
     contenders = {
         "chart prior, extension": lambda: value_and_grad(prior, x),
         "chart prior, reference (pure PyTorch)": lambda: _with_reference(lambda: value_and_grad(prior, x)),
+        OLD_REF: lambda: _with_reference(lambda: _pair_selection(lambda: value_and_grad(prior, x))),
     }
     if gmm is not None:
         contenders["EPLL GMM.nll (K=%d), extension" % gmm.n_components] = lambda: value_and_grad(gmm, x)
@@ -88,9 +93,58 @@ def speed_rows(model, gmm, rounds, top):
     return {name: statistics.median(t) for name, t in times.items()}, agreement
 
 
+OLD_REF = "chart prior, reference, per-pair selection (the path before 2026-12-03)"
+
+
+def _pair_selection(fn):
+    import patchreg.priors.chart_prior as cp
+
+    cp._SELECT_BY_PAIRS = True
+    try:
+        return fn()
+    finally:
+        cp._SELECT_BY_PAIRS = False
+
+
 def _with_reference(fn):
     with patchreg.use_backend("reference"):
         return fn()
+
+
+STAGES = {
+    "patchreg::charts_log_prob": "fused chart kernel (value and gradient)",
+    "patchreg::gmm_component_log_prob": "selector: fused GMM op, K zero-mean Gaussians",
+    "aten::topk": "selector: top charts, top pairs",
+    "patchreg::extract_patches": "patch extraction",
+    "patchreg::aggregate_patches": "aggregation (adjoint of extraction)",
+}
+
+
+def time_breakdown(model, top, threads):
+    """Per thread count: (wall ms of one evaluation, profiled total ms, [(stage, ms)]), from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = test_image()
+    out = {}
+    saved = torch.get_num_threads()
+    for t in threads:
+        torch.set_num_threads(t)
+        prior = ChartPrior(model, top_charts=top)
+        value_and_grad(prior, x)
+        wall = statistics.median(time_once(lambda: value_and_grad(prior, x)) for _ in range(2))
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            value_and_grad(prior, x)
+            profiled = time.perf_counter() - start
+        self_ms = {}
+        for e in prof.key_averages():
+            self_ms[e.key] = self_ms.get(e.key, 0.0) + e.self_cpu_time_total / 1000
+        rows = [(label, self_ms.pop(op, 0.0)) for op, label in STAGES.items()]
+        rest = sorted(((ms, key) for key, ms in self_ms.items() if key.startswith("aten::")), reverse=True)[:5]
+        rows += [(f"{key} (all calls)", ms) for ms, key in rest]
+        out[t] = (1000 * wall, 1000 * profiled, rows)
+    torch.set_num_threads(saved)
+    return out
 
 
 def selection_error(model, tops):
@@ -170,7 +224,10 @@ def main(argv=None):
     path = resolve(args.checkpoint)
     model = PatchCharts.load(path)
     gmm = GMM.load(resolve(args.gmm)) if args.gmm else None
+    load_before = os.getloadavg()
     times, agreement = speed_rows(model, gmm, args.rounds, args.top)
+    load_after = os.getloadavg()
+    breakdown = time_breakdown(model, args.top, [1, 2])
     errors = selection_error(model, [1, 2, 4])
     memory = peak_memory_mb(path, args.top)
     spread = extraction_spread(args.fresh)
@@ -183,7 +240,8 @@ def main(argv=None):
         f"Command: `python bench/chart_prior_speed.py --checkpoint {args.checkpoint} --top {args.top} --rounds {args.rounds}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch "
-        f"{torch.__version__}; load average before the run: {', '.join(f'{v:.1f}' for v in os.getloadavg())}.",
+        f"{torch.__version__}; load average (1, 5, 15 min) before the timed rounds: {', '.join(f'{v:.1f}' for v in load_before)}, "
+        f"after: {', '.join(f'{v:.1f}' for v in load_after)}.",
         f"Model: {path.name}, K = {K} charts, d = {d}, {model.patch_size}x{model.patch_size} patches; image: the first "
         f"256x256 Set12 image plus noise of sigma 25/255; all 63001 patches (stride 1), top {args.top} charts per patch; "
         f"float32; medians of {args.rounds} interleaved rounds.",
@@ -193,7 +251,16 @@ def main(argv=None):
         "|---|---|",
     ]
     lines += [f"| {name} | {1000 * t:.0f} |" for name, t in times.items()]
-    lines += ["", f"**reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms.", ""]
+    lines += ["", f"**reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms. "
+              f"Against the reference with the old per-pair selection: {times[OLD_REF] / ext:.1f}x.", ""]
+    lines += ["## Where the extension's time goes (one evaluation, torch.profiler self time, ms)", ""]
+    for t, (wall, profiled, rows) in breakdown.items():
+        listed = sum(ms for _, ms in rows)
+        lines += [f"{t} thread{'s' if t > 1 else ''}: {wall:.0f} ms per evaluation without the profiler, {profiled:.0f} ms "
+                  "under it.", "", "| stage | ms | share |", "|---|---|---|"]
+        lines += [f"| {label} | {ms:.1f} | {100 * ms / profiled:.1f}% |" for label, ms in rows]
+        lines += [f"| everything else (small ops, Python, autograd) | {profiled - listed:.1f} | "
+                  f"{100 * (profiled - listed) / profiled:.1f}% |", ""]
     lines += ["## Error of chart selection (nats per patch, log p(all charts) - log p(top m))", "",
               "| m | mean (= error in R) | 99th percentile | max |", "|---|---|---|---|"]
     lines += [f"| {m} | {e['mean']:.2e} | {e['p99']:.2e} | {e['max']:.2e} |" for m, e in errors.items()]
@@ -213,6 +280,8 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     out.with_suffix(".json").write_text(json.dumps(dict(times=times, agreement=agreement, selection_error=errors,
+                                                        load_before=load_before, load_after=load_after,
+                                                        breakdown={str(t): v for t, v in breakdown.items()},
                                                         peak_memory_mb=memory, extraction_ms=spread), indent=1))
 
 

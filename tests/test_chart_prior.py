@@ -299,3 +299,100 @@ def test_eight_by_eight_patches():
     torch.testing.assert_close(prior.nll(x)[0], expected.detach(), atol=1e-9, rtol=1e-9)
     out = charts_restore(x, None, model, 0.1)
     assert out.shape == x.shape and bool(torch.isfinite(out).all())
+
+
+# --- the fast path: per-chart selector scores, two-stage top m, sorted entries, reused buffers ------------
+
+
+@pytest.mark.parametrize("backend", ["extension", "reference"])
+@pytest.mark.parametrize("extra_variance", [0.0, 0.01])
+def test_selector_scores_equal_the_pairs_gaussians(backend, extra_variance):
+    """selector_scores (per chart, at extra_variance 0) = the GMM op on the P pairs' own Gaussians."""
+    from patchreg.ops.gmm import gmm_log_prob
+
+    model, points, _ = _scaled_model()
+    coords = points[:120] * 1.7
+    with patchreg.use_backend(backend):
+        fast = model.selector_scores(coords, extra_variance)
+        slow = gmm_log_prob(coords, *model.selector_params(torch.float64, extra_variance))
+    assert fast.shape == (120, model.pairs().shape[0])
+    torch.testing.assert_close(fast, slow, atol=1e-9, rtol=1e-10)
+
+
+def test_selector_top_is_the_top_m_of_every_pair():
+    """The two-stage top m (best charts first) picks the same pairs as a top m over all P pairs, for m up to P."""
+    model, points, _ = _scaled_model()
+    coords = points[:200] * torch.linspace(0.2, 3.0, 200, dtype=torch.float64)[:, None]
+    scores = model.selector_scores(coords)
+    P = scores.shape[1]
+    assert P > model.n_charts  # some chart keeps several scales, so one chart can fill several of the top m
+    for m in range(1, P + 1):
+        fast = model.selector_top(coords, m, chunk=64)
+        slow = scores.topk(m, dim=1).indices
+        assert torch.equal(fast.sort(1).values, slow.sort(1).values), m
+    with pytest.raises(ValueError, match="m must be <="):
+        model.selector_top(coords, P + 1)
+
+
+def test_workspace_and_row_chunks_do_not_change_the_result(monkeypatch):
+    import patchreg.priors.chart_prior as cp
+
+    model, points, _ = _scaled_model()
+    coords = points[:150]
+    plain = chart_patch_log_prob(model, coords, top_charts=3)
+    workspace = {}
+    first = chart_patch_log_prob(model, coords, top_charts=3, workspace=workspace)
+    buffers = {k: v.data_ptr() for k, v in workspace.items()}
+    again = chart_patch_log_prob(model, coords[:100], top_charts=3, workspace=workspace)
+    assert buffers and {k: v.data_ptr() for k, v in workspace.items()} == buffers  # reused, not reallocated
+    monkeypatch.setattr(cp, "ENTRY_BUDGET", 3 * 9 * 7)  # 7 rows per chunk
+    chunked = chart_patch_log_prob(model, coords, top_charts=3, workspace={})
+    for out in (first, chunked):
+        torch.testing.assert_close(out[0], plain[0], atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(out[1], plain[1], atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(again[1], plain[1][:100], atol=1e-12, rtol=1e-12)
+
+
+def test_a_nan_chart_value_counts_as_zero_density(monkeypatch):
+    """The kernel's NaN (singular J^T J) drops that (patch, pair) entry: -inf log-density, no gradient."""
+    import patchreg.priors.chart_prior as cp
+
+    model, points, _ = _scaled_model()
+    coords = points[:40]
+    sel = select_charts(model, coords, 2)
+    exact, exact_grad = chart_patch_log_prob(model, coords, selection=sel)
+    poisoned_chart = int(model.pairs()[sel[5, 0], 0])
+    run = cp._run_chart
+
+    def poisoned(model_, x, params, k, scales, extra_variance, compute_grad):
+        total, grad = run(model_, x, params, k, scales, extra_variance, compute_grad)
+        if k == poisoned_chart:
+            total, grad = total.clone(), grad.clone()
+            total[0] = math.nan
+            grad[0] = math.nan
+        return total, grad
+
+    monkeypatch.setattr(cp, "_run_chart", poisoned)
+    log_p, grad = chart_patch_log_prob(model, coords, selection=sel)
+    assert bool(torch.isfinite(grad).all()) and bool((log_p <= exact + 1e-12).all())
+    changed = (log_p != exact).nonzero()[:, 0]
+    assert len(changed) == 1  # exactly one patch lost one entry
+    row = int(changed[0])
+    # that patch's log p and gradient are those of its other kept pair alone
+    monkeypatch.setattr(cp, "_run_chart", run)
+    singles = [chart_patch_log_prob(model, coords[row : row + 1], selection=sel[row : row + 1, j : j + 1]) for j in range(2)]
+    match = [j for j in range(2) if abs(float(singles[j][0]) - float(log_p[row])) < 1e-12]
+    assert len(match) == 1
+    torch.testing.assert_close(grad[row], singles[match[0]][1][0], atol=1e-12, rtol=1e-12)
+
+
+def test_old_per_pair_selection_gives_the_same_r(monkeypatch):
+    """The benchmark's baseline switch (each pair's own Gaussian by the GMM op) ranks as the per-chart scores."""
+    import patchreg.priors.chart_prior as cp
+
+    model, _, _ = _scaled_model()
+    x = torch.rand(1, 1, 14, 13, dtype=torch.float64)
+    new = ChartPrior(model, top_charts=3).nll(x)
+    monkeypatch.setattr(cp, "_SELECT_BY_PAIRS", True)
+    old = ChartPrior(model, top_charts=3).nll(x)
+    torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)

@@ -4,12 +4,15 @@ Per call of `ChartPrior.nll(x)`:
 1. the patches P_i x (all overlapping ones with `stride`, or `n_patches` random ones per image
    redrawn every call, as PatchNR) are extracted by the fused patch op and mapped to their mean-free
    coordinates c_i (patchreg.priors.patch_charts);
-2. the selector (one Gaussian per chart, the fused GMM kernel) ranks the K charts for every patch
-   and keeps the `top_charts` best; top_charts=None keeps all K, which is then exact;
-3. each kept chart is evaluated exactly by the fused chart kernel (`charts_log_prob_fused`, value
-   and d log p_k / dc in one pass), one chart at a time over the patches that kept it, so no
-   (N, K, n) or (N, K, width) tensor is ever alive; the per-patch log p and its gradient are
-   accumulated by a streaming logsumexp;
+2. the selector (one Gaussian per chart, scaled to every (chart, scale) pair) ranks the pairs for every
+   patch and keeps the `top_charts` best (PatchCharts.selector_top: the pairs' scores come from K
+   per-chart quadratic forms by the fused GMM op, the best charts first, then their best pairs);
+   top_charts=None keeps every pair, which is then exact;
+3. each kept pair is evaluated exactly by the fused chart kernel (`charts_log_prob_fused`, value
+   and d log p_k / dc in one pass): the (patch, pair) entries are sorted by chart and gathered once,
+   so every chart is one kernel call on a contiguous slice; the m values and gradients per patch
+   are combined by a logsumexp over its m kept pairs (no (N, K, n) or (N, K, width) tensor is ever
+   alive; the large work buffers are kept by ChartPrior between calls);
 4. the gradient goes back to the image through the coordinates' basis and the fused aggregation
    (the adjoint of extraction, via autograd of `extract_patches`).
 With the reference backend (patchreg.use_backend("reference")) the same steps run in pure PyTorch.
@@ -35,23 +38,52 @@ from .patch_charts import PatchCharts
 __all__ = ["ChartPrior", "chart_denoise_patches", "chart_patch_log_prob", "charts_restore", "select_charts"]
 
 REDUCTIONS = ("mean", "sum")
+SELECT_CHUNK = 8192  # rows per block of the chart selection (its (rows, K) terms stay in cache)
+ENTRY_BUDGET = 1 << 24  # kept values (log-densities and gradients) per chunk of rows in chart_patch_log_prob
+# True: rank the pairs as before 2026-12-03, by the GMM op on every pair's own Gaussian (P n^2 per patch instead
+# of K n^2); the same ranking up to rounding, kept only so bench/chart_prior_speed.py can time the old baseline
+_SELECT_BY_PAIRS = False
 
 
 def select_charts(model: PatchCharts, coords: torch.Tensor, top_charts: int | None, extra_variance: float = 0.0):
     """(N, m) int64: the `top_charts` best (chart, scale) pairs of each patch (indices into model.pairs()) by
-    the selector's log-likelihood; None when every pair is kept (top_charts None or >= the number of pairs)."""
+    the selector's log-likelihood (`PatchCharts.selector_top`); None when every pair is kept (top_charts None
+    or >= the number of pairs)."""
     P = model.pairs().shape[0]
     if top_charts is None or top_charts >= P:
         return None
-    params = model.selector_params(coords.dtype, extra_variance)
-    scores = gmm_log_prob(coords.contiguous(), *params)  # (N, P)
-    return scores.topk(top_charts, dim=1).indices
+    if _SELECT_BY_PAIRS:
+        scores = gmm_log_prob(coords.detach().contiguous(), *model.selector_params(coords.dtype, extra_variance))
+        return scores.topk(top_charts, dim=1).indices
+    return model.selector_top(coords.detach(), top_charts, extra_variance, chunk=SELECT_CHUNK)
+
+
+class _Stacked(dict):
+    """The stacked chart weights (the dict of stack_mlp_charts) that also keeps each chart's one-chart slices."""
+
+    def chart(self, k: int) -> dict:
+        slices = self.__dict__.setdefault("_slices", {})
+        if k not in slices:
+            slices[k] = {name: v[k : k + 1] for name, v in self.items()}
+        return slices[k]
 
 
 def _stacked_params(model: PatchCharts, dtype) -> dict:
     from ..charts.stacked import stack_mlp_charts
 
-    return {k: v.to(dtype).contiguous() for k, v in stack_mlp_charts(model.mixture).items()}
+    return _Stacked({k: v.to(dtype).contiguous() for k, v in stack_mlp_charts(model.mixture).items()})
+
+
+class _PairTable:
+    """Per kept (chart, scale) pair: chart (P,), scale (P,), 1/scale (P,) and log alpha_{k,s} - n log s (P,)."""
+
+    def __init__(self, model: PatchCharts, dtype, device):
+        pairs = model.pairs().to(device)
+        self.chart = pairs[:, 0]
+        self.scale = model.scales.to(device=device, dtype=dtype)[pairs[:, 1]]
+        self.inv_scale = 1.0 / self.scale
+        self.const = model.pair_log_weights().to(device=device, dtype=dtype)
+        self.size = pairs.shape[0]
 
 
 def _chart_entries(model: PatchCharts, N: int, selection, device):
@@ -68,71 +100,148 @@ def _chart_entries(model: PatchCharts, N: int, selection, device):
             yield k, rows, slots, selection[rows, slots]
 
 
-def _evaluate_entries(model: PatchCharts, coords, params, k, rows, pair_idx, extra_variance, compute_grad):
-    """Chart k's fused op on the entries: (log alpha_{k,s} - n log s + log p_k(c/s) (R,), d/dc (R, n) or None).
+def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute_grad):
+    """Chart k's fused op on the rescaled points x = c / s (R, n): (log p_k(x) (R,), d log p_k / dx (R, n) or None).
 
     One kernel call for all scales of the chart when extra_variance is 0 (sigma_k in the chart's units is
     then the same at every scale); else one per scale (sigma_k^2 + extra_variance / s^2 depends on s).
-    NaN (the kernel's answer where J^T J is singular, far off a chart) becomes -inf with a zero gradient.
+    NaN (the kernel's answer where J^T J is singular, far off a chart) is left to the caller.
     """
-    scales = model.scales.to(coords.dtype)[model.pairs().to(coords.device)[pair_idx, 1]]
-    const = model.pair_log_weights().to(coords.dtype)[pair_idx]
     sigma2 = float(model.mixture.sigma.detach().to(torch.float64).expand(model.n_charts)[k]) ** 2
-    one = {name: v[k : k + 1] for name, v in params.items()}
-    zero = coords.new_zeros(1)
-    x = coords.index_select(0, rows) / scales[:, None]
-    groups = [None] if extra_variance == 0 else scales.unique().tolist()
-    total = coords.new_empty(len(rows))
-    grad = coords.new_empty(len(rows), coords.shape[1]) if compute_grad else None
-    for s in groups:
-        sel = slice(None) if s is None else (scales == s).nonzero()[:, 0]
-        sigma = math.sqrt(sigma2 + (0.0 if s is None else extra_variance / s**2))
-        t, _, g = charts_log_prob_fused(x[sel], one, zero, sigma, compute_grad=compute_grad)
+    one = params.chart(k) if isinstance(params, _Stacked) else {name: v[k : k + 1] for name, v in params.items()}
+    zero = x.new_zeros(1)
+    if extra_variance == 0:
+        t, _, g = charts_log_prob_fused(x, one, zero, math.sqrt(sigma2), compute_grad=compute_grad)
+        return t, (g if compute_grad else None)
+    total = x.new_empty(len(x))
+    grad = x.new_empty(x.shape) if compute_grad else None
+    for s in scales.unique().tolist():
+        sel = (scales == s).nonzero()[:, 0]
+        t, _, g = charts_log_prob_fused(x[sel], one, zero, math.sqrt(sigma2 + extra_variance / s**2),
+                                        compute_grad=compute_grad)
         total[sel] = t
         if compute_grad:
             grad[sel] = g
+    return total, grad
+
+
+def _evaluate_entries(model: PatchCharts, coords, params, k, rows, pair_idx, extra_variance, compute_grad):
+    """Chart k's fused op on the entries: (log alpha_{k,s} - n log s + log p_k(c/s) (R,), d/dc (R, n) or None).
+
+    NaN (the kernel's answer where J^T J is singular, far off a chart) becomes -inf with a zero gradient.
+    """
+    table = _PairTable(model, coords.dtype, coords.device)
+    scales = table.scale[pair_idx]
+    x = coords.index_select(0, rows) / scales[:, None]
+    total, grad = _run_chart(model, x, params, k, scales, extra_variance, compute_grad)
     bad = torch.isnan(total)
-    total = total.masked_fill(bad, -math.inf) + const
+    total = total.masked_fill(bad, -math.inf) + table.const[pair_idx]
     if compute_grad:
         grad = grad.masked_fill(bad[:, None], 0.0) / scales[:, None]
     return total, grad
 
 
+def _buffer(workspace: dict | None, name: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of `shape` in like's dtype and device: a view of workspace[name] (grown when too
+    small, kept for the next call) or, without a workspace, a new tensor. Reusing the memory avoids the first-touch
+    page faults of a fresh tens-of-MB allocation on every call (about 1 ms per MB on the 2-core benchmark machine)."""
+    numel = math.prod(shape)
+    if workspace is None:
+        return like.new_empty(shape)
+    buf = workspace.get(name)
+    if buf is None or buf.numel() < numel or buf.dtype != like.dtype or buf.device != like.device:
+        workspace[name] = buf = like.new_empty(numel)
+    return buf[:numel].view(shape)
+
+
+def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTable, extra_variance, compute_grad,
+                   workspace=None):
+    """chart_patch_log_prob on one chunk of rows, with an explicit selection (N, m) (None: every pair).
+
+    The N m (patch, kept pair) entries are sorted by chart; their rescaled points c / s are gathered once into
+    one (N m, n) buffer, so chart k's entries are one contiguous slice for its kernel call, whose outputs go to
+    the matching slices of the sorted results; one gather brings them back to (patch, slot) order.
+    """
+    N, n = coords.shape
+    device = coords.device
+    if selection is None:  # every pair of every patch: slot = pair index
+        selection = torch.arange(table.size, device=device).expand(N, table.size)
+    m = selection.shape[1]
+    E = N * m
+    pair_of = selection.reshape(-1)  # entry e = row * m + slot
+    chart_of = table.chart[pair_of]
+    key = chart_of.to(torch.uint8 if model.n_charts <= 256 else torch.int32)  # a narrow key sorts faster
+    order = torch.argsort(key, stable=True)  # the entries grouped by chart
+    counts = torch.bincount(chart_of, minlength=model.n_charts).tolist()
+    pair_sorted = pair_of.index_select(0, order)
+    x = torch.index_select(coords, 0, order // m, out=_buffer(workspace, "x", (E, n), coords))
+    x.mul_(table.inv_scale.index_select(0, pair_sorted)[:, None])
+    scales_sorted = table.scale.index_select(0, pair_sorted) if extra_variance != 0 else None
+    total_sorted = coords.new_empty(E)
+    grad_sorted = _buffer(workspace, "grad", (E, n), coords) if compute_grad else None
+    start = 0
+    for k, count in enumerate(counts):
+        if count == 0:
+            continue
+        part = slice(start, start + count)
+        start += count
+        total, grad = _run_chart(model, x[part], params, k, None if scales_sorted is None else scales_sorted[part],
+                                 extra_variance, compute_grad)
+        total_sorted[part] = total
+        if compute_grad:
+            grad_sorted[part] = grad
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(E, device=device)
+    totals = total_sorted.index_select(0, inverse).view(N, m)
+    bad = torch.isnan(totals)
+    any_bad = bool(bad.any())
+    if any_bad:  # NaN: -inf with a zero gradient
+        totals.masked_fill_(bad, -math.inf)
+    totals += table.const[selection]
+    log_p = torch.logsumexp(totals, dim=1)
+    if not compute_grad:
+        return log_p, None
+    # d log p / dc = sum over slots of softmax weight * (d log p_k / dx at c / s) / s
+    safe = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
+    weights = torch.exp(totals - safe[:, None]).mul_(table.inv_scale[selection])
+    grads = torch.index_select(grad_sorted, 0, inverse, out=x).view(N, m, n)  # x is free again
+    if any_bad:
+        grads.masked_fill_(bad[:, :, None], 0.0)
+    grad = grads[:, 0] * weights[:, :1]
+    for j in range(1, m):
+        grad.addcmul_(grads[:, j], weights[:, j : j + 1])
+    return log_p, grad
+
+
 def chart_patch_log_prob(model: PatchCharts, coords: torch.Tensor, top_charts: int | None = 2,
                          compute_grad: bool = True, extra_variance: float = 0.0, params: dict | None = None,
-                         selection: torch.Tensor | None = None):
+                         selection: torch.Tensor | None = None, workspace: dict | None = None):
     """(log p (N,), d log p / dc (N, n) or None) for mean-free patch coordinates c (N, n), detached.
 
     log p(c) = logsumexp over the kept (chart, scale) pairs of log alpha_{k,s} - n log s + log p_k(c / s).
     extra_variance: added to every pair's off-manifold variance (the density of a patch seen through
     Gaussian noise of that variance). selection: precomputed (N, m) pair indices (else `select_charts`).
-    params: the stacked chart weights in coords' dtype (cached by ChartPrior). One fused kernel call per
-    chart (all its kept scales at once), then a streaming logsumexp, so nothing of size (N, K, n) exists.
+    params: the stacked chart weights in coords' dtype (cached by ChartPrior). workspace: a dict in which
+    the large work buffers are kept between calls (ChartPrior passes one), or None.
+    Rows are processed in chunks of at most ENTRY_BUDGET kept values; within a chunk, one fused kernel call
+    per chart (all its kept entries and scales at once) gives the chunk's (rows, m) pair log-densities and
+    (rows, m, n) gradients (m = kept pairs per patch, not K), then a logsumexp over the m slots. Nothing of
+    size (N, K, n) exists.
     """
     coords = coords.detach().contiguous()
     N, n = coords.shape
     params = params if params is not None else _stacked_params(model, coords.dtype)
+    table = _PairTable(model, coords.dtype, coords.device)
     if selection is None:
         selection = select_charts(model, coords, top_charts, extra_variance)
-    run_max = coords.new_full((N,), -math.inf)
-    run_sum = coords.new_zeros(N)
-    run_grad = coords.new_zeros(N, n) if compute_grad else None
-    for k, rows, slots, pair_idx in _chart_entries(model, N, selection, coords.device):
-        total, grad = _evaluate_entries(model, coords, params, k, rows, pair_idx, extra_variance, compute_grad)
-        for slot in slots.unique().tolist():  # rows are unique within a slot: safe index_copy_
-            part = (slots == slot).nonzero()[:, 0]
-            r, t = rows[part], total[part]
-            old_max = run_max.index_select(0, r)
-            new_max = torch.maximum(old_max, t)
-            safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-            keep, add = torch.exp(old_max - safe), torch.exp(t - safe)
-            run_sum.index_copy_(0, r, run_sum.index_select(0, r) * keep + add)
-            run_max.index_copy_(0, r, new_max)
-            if compute_grad:
-                run_grad.index_copy_(0, r, run_grad.index_select(0, r) * keep[:, None] + grad[part] * add[:, None])
-    safe_max = torch.where(torch.isfinite(run_max), run_max, torch.zeros_like(run_max))
-    log_p = safe_max + torch.log(run_sum)
-    return log_p, (run_grad / run_sum.clamp_min(1e-300)[:, None] if compute_grad else None)
+    m = table.size if selection is None else selection.shape[1]
+    rows = max(1, ENTRY_BUDGET // (m * (n + 1 if compute_grad else 1)))
+    parts = [_log_prob_rows(model, coords[i : i + rows], params, None if selection is None else selection[i : i + rows],
+                            table, extra_variance, compute_grad, workspace) for i in range(0, N, rows)]
+    if len(parts) == 1:
+        return parts[0]
+    log_p = torch.cat([p[0] for p in parts])
+    return log_p, (torch.cat([p[1] for p in parts]) if compute_grad else None)
 
 
 @torch.no_grad()
@@ -190,6 +299,7 @@ class ChartPrior:
         self.patch_size, self.channels = model.patch_size, model.channels
         self._generator = torch.Generator()
         self._params: dict = {}
+        self._workspace: dict = {}  # work buffers of chart_patch_log_prob, reused between calls
         self.reset()
 
     def reset(self) -> None:
@@ -204,7 +314,7 @@ class ChartPrior:
     def _weights(self, dtype, device) -> dict:
         key = (dtype, str(device))
         if key not in self._params:
-            self._params[key] = {k: v.to(device) for k, v in _stacked_params(self.model, dtype).items()}
+            self._params[key] = _Stacked({k: v.to(device) for k, v in _stacked_params(self.model, dtype).items()})
         return self._params[key]
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -224,7 +334,8 @@ class ChartPrior:
         params = self._weights(x.dtype, x.device)
 
         def evaluate(c, need_grad):
-            return chart_patch_log_prob(self.model, c, self.top_charts, need_grad, params=params)
+            return chart_patch_log_prob(self.model, c, self.top_charts, need_grad, params=params,
+                                        workspace=self._workspace)
 
         return _PatchLogProb.apply(coords, evaluate).reshape(B, L)
 

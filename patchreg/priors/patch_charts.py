@@ -256,6 +256,115 @@ class PatchCharts(torch.nn.Module):
         means = s[:, None] * self.selector_means.to(torch.float64)[k]
         return factor.to(dtype).contiguous(), log_const.to(dtype).contiguous(), means.to(dtype).contiguous()
 
+    def _selector_scale_terms(self, dtype, device):
+        """Cached terms of the selector scores at extra_variance 0: (U (K, n, n) with U_k U_k^T = Sigma_k^-1 (the
+        stored triangular factor, whose zeros the GMM op skips), G (n, K) with column k = Sigma_k^-1 mu_k,
+        t2t (2, S) = (1/s^2, 1/s), C (K, S): log alpha_{k,s} + log N(0; 0, s^2 Sigma_k) - mu_k^T Sigma_k^-1 mu_k / 2
+        (-inf for dropped pairs), pair_column (P,) = k S + j)."""
+        key = (self.selector_prec_chol.data_ptr(), self.selector_means.data_ptr(), self.scales.data_ptr(),
+               self.scale_log_alpha.data_ptr(), dtype, str(device))
+        if getattr(self, "_scale_terms_key", None) != key:
+            k, j = self.pairs().unbind(1)
+            K, S, n = self.n_charts, self.scales.numel(), self.dim - 1
+            U = self.selector_prec_chol.to(torch.float64)
+            mu = self.selector_means.to(torch.float64)
+            white = (U.mT @ mu[:, :, None])[:, :, 0]  # U_k^T mu_k
+            G = (U @ white[:, :, None])[:, :, 0].T  # (n, K)
+            logdet_prec = torch.linalg.slogdet(U).logabsdet * 2  # log det Sigma_k^-1
+            s = self.scales.to(torch.float64)
+            C = torch.full((K, S), -math.inf, dtype=torch.float64)
+            C[k, j] = (self.scale_log_alpha.to(torch.float64)[k, j] - 0.5 * n * math.log(2 * math.pi)
+                       - n * torch.log(s[j]) + 0.5 * logdet_prec[k] - 0.5 * (white**2).sum(1)[k])
+            t2t = torch.stack([s ** -2, 1 / s])
+            self._scale_terms = tuple(v.to(device=device, dtype=dtype).contiguous() for v in (U, G, t2t, C)) + \
+                ((k * S + j).to(device),)
+            self._scale_terms_key = key
+        return self._scale_terms
+
+    def _selector_terms(self, coords: torch.Tensor):
+        """(-q_k / 2 (N, K), l_k (N, K)) with q_k = c^T Sigma_k^-1 c (the fused GMM op on K zero-mean
+        components) and l_k = c^T Sigma_k^-1 mu_k: what the selector scores of all pairs are made of."""
+        from ..ops.gmm import gmm_log_prob
+
+        U, G, _, C, _ = self._selector_scale_terms(coords.dtype, coords.device)
+        K = C.shape[0]
+        coords = coords.contiguous()
+        half_q = gmm_log_prob(coords, U, coords.new_zeros(K), coords.new_zeros(K, coords.shape[1]))
+        return half_q, coords @ G
+
+    def _selector_table(self, coords: torch.Tensor) -> torch.Tensor:
+        """(N, K, S) selector log-likelihoods of every (chart, scale) at extra_variance 0; -inf for dropped pairs.
+
+        Pair (k, s) is N(s mu_k, s^2 Sigma_k), so its quadratic form is
+        (c - s mu_k)^T (s^2 Sigma_k)^-1 (c - s mu_k) = q_k / s^2 - 2 l_k / s + mu_k^T Sigma_k^-1 mu_k
+        (`_selector_terms`): K n^2 + K n multiply-adds per point instead of P n^2 for the P pairs' Gaussians.
+        """
+        _, _, t2t, C, _ = self._selector_scale_terms(coords.dtype, coords.device)
+        half_q, lin = self._selector_terms(coords)
+        N, K = half_q.shape
+        out = half_q[:, :, None] * t2t[0] + lin[:, :, None] * t2t[1]  # -q_k / (2 s^2) + l_k / s
+        return out.add_(C)
+
+    def selector_scores(self, coords: torch.Tensor, extra_variance: float = 0.0) -> torch.Tensor:
+        """(N, P) selector log-likelihoods of every kept pair (k, s): log alpha_{k,s} + log N(c; s mu_k,
+        s^2 Sigma_k + extra_variance I), the values of gmm_log_prob(coords, *selector_params(dtype, extra_variance)).
+
+        At extra_variance 0 (the chart prior) computed per chart, not per pair (`_selector_table`; rounds
+        differently from the per-pair form); otherwise by the GMM op on the P pairs' Gaussians.
+        """
+        from ..ops.gmm import gmm_log_prob
+
+        if not self.has_selector:
+            raise ValueError("this chart model has no selector: call fit_selector(coords) (training does it)")
+        check_tensor("coords", coords, ndim=2)
+        if extra_variance != 0:
+            return gmm_log_prob(coords.contiguous(), *self.selector_params(coords.dtype, extra_variance))
+        column = self._selector_scale_terms(coords.dtype, coords.device)[-1]
+        return self._selector_table(coords).view(coords.shape[0], -1).index_select(1, column)
+
+    def selector_top(self, coords: torch.Tensor, m: int, extra_variance: float = 0.0, chunk: int = 2048) -> torch.Tensor:
+        """(N, m) int64 indices into pairs() of each point's m best pairs by `selector_scores` (the order within a
+        row is not specified), in chunks of rows.
+
+        At extra_variance 0 in two stages: each chart's best score over its scales (a running maximum, so the
+        (N, K, S) table is never built), the m best charts by it, then the m best of those charts' pairs. The m
+        best pairs lie in the m best charts (a pair outside them has m charts, hence m pairs, above it), so
+        this is the top m of every pair up to the order of ties.
+        """
+        check_tensor("coords", coords, ndim=2)
+        check_int("m", m, 1)
+        if not self.has_selector:
+            raise ValueError("this chart model has no selector: call fit_selector(coords) (training does it)")
+        if extra_variance != 0:
+            return torch.cat([self.selector_scores(part, extra_variance).topk(m, dim=1).indices
+                              for part in coords.split(chunk)])
+        _, _, t2t, C, column = self._selector_scale_terms(coords.dtype, coords.device)
+        K, S = C.shape
+        if m > len(column):
+            raise ValueError(f"m must be <= the number of pairs {len(column)}, got {m}")
+        pair_of = torch.full((K * S,), -1, dtype=torch.int64, device=coords.device)
+        pair_of[column] = torch.arange(len(column), device=coords.device)
+        mc = min(m, K)
+        inv_s2, inv_s = t2t[0].tolist(), t2t[1].tolist()
+        CT = C.T.contiguous()  # (S, K)
+        out = []
+        for part in coords.split(chunk):
+            half_q, lin = self._selector_terms(part)
+            best = torch.add(CT[0], half_q, alpha=inv_s2[0]).add_(lin, alpha=inv_s[0])
+            step = torch.empty_like(best)
+            for j in range(1, S):
+                torch.add(CT[j], half_q, alpha=inv_s2[j], out=step).add_(lin, alpha=inv_s[j])
+                torch.maximum(best, step, out=best)
+            charts = best.topk(mc, dim=1).indices  # (R, mc)
+            cand = (C[charts] + half_q.gather(1, charts)[:, :, None] * t2t[0]
+                    + lin.gather(1, charts)[:, :, None] * t2t[1])  # (R, mc, S)
+            flat = cand.view(len(part), -1).topk(m, dim=1).indices  # into (mc, S)
+            out.append(pair_of[charts.gather(1, flat // S) * S + flat % S])
+        top = torch.cat(out)
+        if bool((top < 0).any()):  # only when fewer than m pairs have a finite score
+            raise ValueError("the selector found fewer finite-score pairs than m; pass a smaller top_charts")
+        return top
+
     # -- checkpoints -----------------------------------------------------------------------------
     def patch_header(self) -> dict:
         return {"patch_size": self.patch_size, "channels": self.channels, "coordinates": "mean_free_helmert"}
