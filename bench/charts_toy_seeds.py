@@ -122,8 +122,8 @@ def write_converged(cells: list[dict], args, argv) -> None:
              "the coverage of as many true samples), sliced W2 to the held-out points and its floor (as many true "
              "samples against the same points, mean of 5 draws), held-out NLL in nats per point. 1 thread on the shared 2-core "
              "machine. Cells: mean (min-max) over the seeds.", "",
-             "| manifold | family | K | " + " | ".join(t[1] for t in TABLE) + " | coverage floor |",
-             "|---|---|---|" + "---|" * (len(TABLE) + 1)]
+             "| manifold | family | K | seeds | " + " | ".join(t[1] for t in TABLE) + " | coverage floor |",
+             "|---|---|---|---|" + "---|" * (len(TABLE) + 1)]
     for name in manifolds:
         for family in ("fif", "vae"):
             rs = [c for c in cells if (c["manifold"], c["family"]) == (name, family)]
@@ -134,10 +134,11 @@ def write_converged(cells: list[dict], args, argv) -> None:
                 v = np.array([r[key] for r in rs])
                 cell_text.append(f"{v.mean():.{digits}f} ({v.min():.{digits}f}-{v.max():.{digits}f})" if len(v) > 1
                                  else f"{v[0]:.{digits}f}")
-            lines.append(f"| {name} | {family} | {rs[0]['K']} | " + " | ".join(cell_text) + " |")
+            seed_list = ",".join(str(r["seed"]) for r in sorted(rs, key=lambda r: r["seed"]))
+            lines.append(f"| {name} | {family} | {rs[0]['K']} | {seed_list} | " + " | ".join(cell_text) + " |")
         if name in AUTHORS:
             rel, cov, w2, floor = AUTHORS[name]
-            lines.append(f"| {name} | Alberti et al.'s code (issue 15) | | {rel:.5f} | | {cov:.1f} | {w2:.3f} (20k) | "
+            lines.append(f"| {name} | Alberti et al.'s code (issue 15) | | | {rel:.5f} | | {cov:.1f} | {w2:.3f} (20k) | "
                          f"{floor:.3f} (20k) | | | |")
     lines += ["", "## Goal of issue 15 per toy (FIF mixture, every seed)", "",
               "| manifold | dist mean / diam <= authors' | coverage >= its floor - 0.001 | sliced W2 <= 1.5 floor | "
