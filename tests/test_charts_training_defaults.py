@@ -116,7 +116,7 @@ def test_callback_sees_logged_steps_and_changes_nothing():
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
 
 
-@pytest.mark.parametrize("name,expected", [("circle", 2.0), ("two_circles", 5.0), ("sphere", 2.0), ("torus", 2.8)])
+@pytest.mark.parametrize("name,expected", [("circle", 2.0), ("two_circles", 5.0), ("annulus", 3.0), ("sphere", 2.0), ("torus", 2.8)])
 def test_manifold_diameter_closed_forms_match_samples(name, expected):
     manifold = get_manifold(name)
     assert manifold_diameter(manifold) == pytest.approx(expected)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from patchreg.data.toy_manifolds import (
-    TOY_MANIFOLDS, Circle, KleinBottle, PointCloud, SwissRoll, Torus, TwoCircles, get_manifold, load_point_cloud,
+    TOY_MANIFOLDS, Annulus, Circle, KleinBottle, PointCloud, SwissRoll, Torus, TwoCircles, get_manifold, load_point_cloud,
 )
 
 NAMES = sorted(TOY_MANIFOLDS)
@@ -61,6 +61,16 @@ def test_closed_form_distances():
     assert Circle(2.0, (1.0, 0.0)).distance([[1.0, 3.0]])[0] == pytest.approx(1.0)
     assert TwoCircles().distance([[1.5, 0.0], [0.0, 0.0]]).tolist() == pytest.approx([1.0, 0.5])
     assert get_manifold("sphere").distance([[0.0, 0.0, 0.0], [0.0, 3.0, 0.0]]).tolist() == pytest.approx([1.0, 2.0])
+    # annulus 0.5 <= |(x, y)| <= 1.5 at z = 0: zero on it, hypot(radial overshoot, height) off it
+    points = [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, -2.0, 0.0], [0.3, 0.0, 0.0], [1.0, 0.0, -0.7], [1.8, 0.0, 0.4]]
+    assert Annulus().distance(points).tolist() == pytest.approx([0, 0.5, 0.5, 0.2, 0.7, 0.5])
+
+
+def test_annulus_sampling_is_area_uniform():
+    a = Annulus(0.5, 1.5)
+    r = np.linalg.norm(a.sample(20000, seed=0), axis=1)
+    expected = (1.0**2 - 0.5**2) / (1.5**2 - 0.5**2)  # area fraction inside radius 1
+    assert abs((r < 1.0).mean() - expected) < 4 * math.sqrt(expected * (1 - expected) / len(r))
 
 
 def test_torus_sampling_is_area_uniform():
@@ -100,6 +110,8 @@ def test_bad_inputs(tmp_path):
         get_manifold("circle").distance([[np.nan, 0.0]])
     with pytest.raises(ValueError, match="n_points"):
         get_manifold("torus").sample(0)
+    with pytest.raises(ValueError, match="inner < outer"):
+        Annulus(inner=1.0, outer=1.0)
     with pytest.raises(ValueError, match="disjoint"):
         TwoCircles(radius=1.0, offset=0.5)
     with pytest.raises(ValueError, match="NaN"):

@@ -36,6 +36,8 @@ def manifold_diameter(manifold) -> float:
     if type(manifold) is tm.TwoCircles:
         a, b = manifold.circles
         return float(np.linalg.norm(a.center - b.center)) + a.radius + b.radius
+    if type(manifold) is tm.Annulus:
+        return 2 * manifold.outer
     if type(manifold) is tm.Sphere:
         return 2.0
     if type(manifold) is tm.Torus:

@@ -5,7 +5,7 @@ the experiments), `sample(n_points, seed)` (uniform with respect to the manifold
 measure, float64 array (N, n)) and `distance(x)` (Euclidean distance of each row of x to the
 manifold, float64 array (N,)).
 
-Distances: circle, two circles, sphere and torus have closed forms. The swiss roll and the
+Distances: circle, two circles, annulus, sphere and torus have closed forms. The swiss roll and the
 Klein bottle are minimised over their 2-D parameter: a dense grid gives the start, then
 projected Gauss-Newton (Levenberg-Marquardt) steps refine it; the swiss roll's parameter
 box is kept by clipping (it has a boundary), the Klein bottle's is periodic. The refinement
@@ -24,6 +24,7 @@ import numpy as np
 
 __all__ = [
     "TOY_MANIFOLDS",
+    "Annulus",
     "Circle",
     "KleinBottle",
     "PointCloud",
@@ -116,6 +117,33 @@ class TwoCircles(ToyManifold):
 
     def _distance(self, x):
         return np.minimum(self.circles[0]._distance(x), self.circles[1]._distance(x))
+
+
+class Annulus(ToyManifold):
+    """Flat annulus {inner <= |(x, y)| <= outer, z = 0} in R^3: Alberti et al.'s ring, radii 0.5 and 1.5.
+
+    The authors' ring lives in R^2 (d = n = 2); chart mixtures here need d < n, so it lies in the
+    plane z = 0 of R^3, which also makes the distance to it (height and radial overshoot) a real
+    test. Area-uniform like every toy here (the authors draw the radius uniformly, which puts more
+    mass near the inner edge). A 2-manifold with boundary whose hole no single chart covers.
+    """
+
+    name, ambient_dim, intrinsic_dim, suggested_charts = "annulus", 3, 2, 2
+
+    def __init__(self, inner: float = 0.5, outer: float = 1.5):
+        if not 0 < inner < outer:
+            raise ValueError(f"need 0 < inner < outer, got inner={inner}, outer={outer}")
+        self.inner, self.outer = float(inner), float(outer)
+
+    def _sample(self, rng, n):
+        r = np.sqrt(rng.uniform(self.inner**2, self.outer**2, n))  # area element r dr
+        t = rng.uniform(0, 2 * math.pi, n)
+        return np.stack([r * np.cos(t), r * np.sin(t), np.zeros(n)], 1)
+
+    def _distance(self, x):
+        r = np.hypot(x[:, 0], x[:, 1])
+        radial = np.maximum(0.0, np.maximum(r - self.outer, self.inner - r))
+        return np.hypot(radial, x[:, 2])
 
 
 class Sphere(ToyManifold):
@@ -325,7 +353,7 @@ def load_point_cloud(path, intrinsic_dim: int = 1) -> PointCloud:
 
 
 TOY_MANIFOLDS = {
-    cls.name: cls for cls in (Circle, TwoCircles, Sphere, Torus, SwissRoll, KleinBottle)
+    cls.name: cls for cls in (Circle, TwoCircles, Annulus, Sphere, Torus, SwissRoll, KleinBottle)
 }
 
 
