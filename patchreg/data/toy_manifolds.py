@@ -66,6 +66,12 @@ def _rejection(rng: np.random.Generator, n: int, draw, weight, weight_max: float
     return np.concatenate(out)[:n]
 
 
+def _check_radii(small_name: str, small: float, large_name: str, large: float) -> None:
+    """The two radii of an annulus, torus or Klein bottle: 0 < small < large."""
+    if not 0 < small < large:
+        raise ValueError(f"need 0 < {small_name} < {large_name}, got {small_name}={small}, {large_name}={large}")
+
+
 class ToyManifold:
     name = ""
     ambient_dim = 0
@@ -131,8 +137,7 @@ class Annulus(ToyManifold):
     name, ambient_dim, intrinsic_dim, suggested_charts = "annulus", 3, 2, 2
 
     def __init__(self, inner: float = 0.5, outer: float = 1.5):
-        if not 0 < inner < outer:
-            raise ValueError(f"need 0 < inner < outer, got inner={inner}, outer={outer}")
+        _check_radii("inner", inner, "outer", outer)
         self.inner, self.outer = float(inner), float(outer)
 
     def _sample(self, rng, n):
@@ -165,8 +170,7 @@ class Torus(ToyManifold):
     name, ambient_dim, intrinsic_dim, suggested_charts = "torus", 3, 2, 6
 
     def __init__(self, major: float = 1.0, minor: float = 0.4):
-        if not 0 < minor < major:
-            raise ValueError(f"need 0 < minor < major, got minor={minor}, major={major}")
+        _check_radii("minor", minor, "major", major)
         self.major, self.minor = float(major), float(minor)
 
     def _sample(self, rng, n):
@@ -283,8 +287,7 @@ class KleinBottle(_ParametricSurface):
     grid = (160, 80)
 
     def __init__(self, major: float = 1.0, minor: float = 0.5):
-        if not 0 < minor < major:
-            raise ValueError(f"need 0 < minor < major, got minor={minor}, major={major}")
+        _check_radii("minor", minor, "major", major)
         self.major, self.minor = float(major), float(minor)
         self.box = ((0.0, 2 * math.pi), (0.0, 2 * math.pi))
 
