@@ -19,9 +19,13 @@ def test_schedule_starts_at_the_given_noise_level_and_grows():
 @pytest.mark.parametrize("prior", ["epll", "charts"])
 @pytest.mark.parametrize("task", task_defaults.TASKS)
 def test_every_prior_and_task_has_positive_settings(prior, task):
-    start, scale = task_defaults.HQS_SETTINGS[prior][task]
+    start, scale, *rest = task_defaults.HQS_SETTINGS[prior][task]
     assert start > 0 and scale > 0
-    assert task_defaults.hqs_betas(prior, task)[0] == pytest.approx(1 / start**2)
+    betas = task_defaults.hqs_betas(prior, task)
+    assert betas[0] == pytest.approx(1 / start**2)
+    if rest:  # a geometric schedule ends at its end level after `steps` betas
+        end, steps = rest
+        assert len(betas) == steps and betas[-1] == pytest.approx(1 / end**2)
     assert task_defaults.hqs_lam(prior, task, 36, 0.01) == pytest.approx(scale * 36 / 0.01**2)
 
 
@@ -36,6 +40,25 @@ def test_unknown_prior_or_task_is_named(args, fragment):
 def test_schedule_rejects_a_non_positive_start():
     with pytest.raises(ValueError, match="start must be > 0"):
         task_defaults.schedule_from_start(0.0)
+
+
+def test_geometric_schedule_runs_from_start_to_end():
+    betas = task_defaults.schedule_from_start(0.64, 0.01, 12)
+    assert len(betas) == 12
+    assert betas[0] == pytest.approx(1 / 0.64**2) and betas[-1] == pytest.approx(1 / 0.01**2)
+    ratios = np.array(betas[1:]) / np.array(betas[:-1])
+    assert ratios == pytest.approx(np.full(11, ratios[0]))  # geometric: a constant factor per step
+    assert task_defaults.schedule_from_start(0.1, 0.1, 2) == pytest.approx([100.0, 100.0])
+
+
+@pytest.mark.parametrize("end, steps, fragment", [(0.01, None, "end and steps go together"),
+                                                  (None, 8, "end and steps go together"),
+                                                  (0.0, 8, "end must be in"), (0.5, 8, "end must be in"),
+                                                  (0.01, 1, "steps must be an int >= 2"),
+                                                  (0.01, 4.0, "steps must be an int >= 2")])
+def test_geometric_schedule_rejects_bad_bounds(end, steps, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        task_defaults.schedule_from_start(0.2, end, steps)
 
 
 @pytest.mark.parametrize("cli_task, extra, tuned", [("deblur", [], "deblur"), ("sr", ["--factor", "2"], "sr2"),

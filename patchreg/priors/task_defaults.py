@@ -3,9 +3,11 @@
 Denoising keeps Zoran & Weiss's schedule (1/sigma^2)[1, 4, 8, 16, 32] and data weight d/sigma^2.
 The other tasks observe y with little noise (0.01) through an operator, so a schedule that starts at
 y's noise level lets the prior act too late; it starts instead from an image-domain noise level s
-(the error of the initial guess) and grows by the factors of SCHEDULE, and the data weight is
-lam = scale * d / sigma^2 (scale 1: the MAP weight). (s, scale) per prior and task come from
-bench/hqs_task_tuning.py (bench/results/hqs_task_tuning.md): the best mean PSNR over validation
+(the error of the initial guess). Either it grows by the six factors of SCHEDULE (ending at s / 8), or
+it takes `steps` geometric steps from s down to an end level (1/s^2 ... 1/end^2): a start as high as
+inpainting's needs many steps to come down to the noise of y. The data weight is
+lam = scale * d / sigma^2 (scale 1: the MAP weight). (s, scale[, end, steps]) per prior and task come
+from bench/hqs_task_tuning.py (bench/results/hqs_task_tuning.md): the best mean PSNR over validation
 images, never the test images.
 """
 
@@ -28,24 +30,37 @@ HQS_SETTINGS = {
 }
 
 
-def schedule_from_start(start: float) -> list[float]:
-    """betas = (1 / start^2) * SCHEDULE."""
+def schedule_from_start(start: float, end: float | None = None, steps: int | None = None) -> list[float]:
+    """betas = (1 / start^2) * SCHEDULE; with end and steps, `steps` geometric betas from 1/start^2 to 1/end^2."""
     if not start > 0:
         raise ValueError(f"start must be > 0 (an image-domain noise level), got {start}")
-    return [b / start**2 for b in SCHEDULE]
+    if (end is None) != (steps is None):
+        raise ValueError(f"end and steps go together: got end={end}, steps={steps}")
+    if end is None:
+        return [b / start**2 for b in SCHEDULE]
+    if not 0 < end <= start:
+        raise ValueError(f"end must be in (0, start={start}], got {end}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
+        raise ValueError(f"steps must be an int >= 2, got {steps!r}")
+    ratio = (start / end) ** (2 / (steps - 1))
+    return [ratio**i / start**2 for i in range(steps)]
 
 
-def _settings(prior: str, task: str) -> tuple[float, float]:
+def _settings(prior: str, task: str) -> tuple[float, float, float | None, int | None]:
+    """(start, scale, end, steps) of a prior and task; end and steps are None for the six-factor schedule."""
     if prior not in HQS_SETTINGS:
         raise ValueError(f"prior must be one of {tuple(HQS_SETTINGS)}, got {prior!r}")
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS} (denoising uses the noise level's schedule), got {task!r}")
-    return HQS_SETTINGS[prior][task]
+    start, scale, *rest = HQS_SETTINGS[prior][task]
+    end, steps = rest if rest else (None, None)
+    return start, scale, end, steps
 
 
 def hqs_betas(prior: str, task: str) -> list[float]:
     """The tuned schedule of `prior` ("epll" or "charts") for `task` (one of TASKS)."""
-    return schedule_from_start(_settings(prior, task)[0])
+    start, _, end, steps = _settings(prior, task)
+    return schedule_from_start(start, end, steps)
 
 
 def hqs_lam(prior: str, task: str, dim: int, sigma: float) -> float:
