@@ -55,15 +55,12 @@ from patchreg.data import load_set12, to_tensor  # noqa: E402
 from patchreg.metrics import measure, psnr, ssim  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 from patchreg.priors.hqs import weighted_problem  # noqa: E402
-from patchreg.priors.task_defaults import hqs_betas, hqs_lam, schedule_from_start  # noqa: E402
+from patchreg.priors.task_defaults import (PATCHNR_LR, PATCHNR_STEPS, hqs_betas, hqs_lam,  # noqa: E402,F401
+                                           schedule_from_start)
 
 TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "ct_lowdose", "inpaint")
 PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
 CT_NOISE = 0.5
-# PatchNR's reconstruction settings in its authors' code (../shared/reference/methods.md): Adam iterations and
-# learning rate per task; the tasks it does not cover take its denoising-like default of 300 iterations at 0.01.
-PATCHNR_STEPS = {"ct_limited": 3000}
-PATCHNR_LR = {"sr2": 0.03, "sr4": 0.03, "ct_limited": 0.005, "ct_lowdose": 0.005}
 LOWDOSE_PHOTONS = 4096.0
 
 

@@ -16,6 +16,7 @@ import torch
 from patchreg import io as pio
 from patchreg.cli import main
 from patchreg.cli import reconstruct as cli_reconstruct
+from patchreg.priors import task_defaults
 
 SIZE = 16
 
@@ -379,7 +380,33 @@ def test_patchnr_runs_with_adam(files, tmp_path, capsys):
     assert code == 0, err
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["solver"] == "adam" and metrics["lam"] == pytest.approx(
-        cli_reconstruct.DEFAULT_PATCHNR_LAM_SCALE["denoise"] * (SIZE - 3 + 1) ** 2 / 9)  # 3x3 flow: n_patches / d
+        task_defaults.PATCHNR_LAM_SCALE["denoise"] * (SIZE - 3 + 1) ** 2 / 9)  # 3x3 flow: n_patches / d
+
+
+@pytest.mark.parametrize("cli_task, extra, tuned", [("sr", ["--factor", "4"], "sr4"), ("deblur", [], "deblur"),
+                                                    ("ct", [], "ct_limited"), ("inpaint", [], "inpaint")])
+def test_patchnr_takes_the_papers_iterations_and_rate_and_the_tuned_weight(files, tmp_path, capsys, monkeypatch,
+                                                                           cli_task, extra, tuned):
+    import sys
+
+    recon = sys.modules["patchreg.reconstruct"]  # the module (the package exports a function of that name)
+    seen = {}
+
+    def fake_reconstruct(y, physics, prior, lam, solver="adam", steps=300, lr=None, progress=True, **kwargs):
+        seen.update(lam=lam, steps=steps, lr=lr)
+        x = physics.initial_guess(y) if hasattr(physics, "initial_guess") else physics.A_adjoint(y)
+        return x, {}
+
+    monkeypatch.setattr(recon, "reconstruct", fake_reconstruct)
+    argv = [*base(files, tmp_path / "x.npy", prior="patchnr", task=cli_task), "--image", files["image"], *extra]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    steps, lr, scale = task_defaults.patchnr_settings(tuned)
+    assert (seen["steps"], seen["lr"]) == (steps, lr)
+    assert seen["lam"] == pytest.approx(scale * (SIZE - 3 + 1) ** 2 / 9)
+    code, _, err = run_cli(capsys, *argv, "--steps", "7", "--lr", "0.002")  # the flags win
+    assert code == 0, err
+    assert (seen["steps"], seen["lr"]) == (7, 0.002)
 
 
 @pytest.mark.parametrize("solver", ["adam", "lbfgs"])

@@ -49,11 +49,10 @@ DEFAULT_CHARTS_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 1.0,
 # PatchNR (a mean over N_p random patches) on the same scale. The paper's lam (700 for CT, 0.15 for
 # x4 SR) belongs to its unweighted data terms: with our data NLL ||Ax - y||^2 / (2 sigma^2) 0.15 left
 # a sigma-25 denoising visibly noisy (the demo's camera crop; lam = n_patches / d gave 28.3 dB there).
-# Denoising: 0.3, chosen on two validation crops (128x128, sigma 25, N_p 2000, 300 Adam steps): 26.14 / 26.78
-# dB at 0.3 against 24.21 / 24.67 at 1 and about 21 at 0.1 (bench/results/patchnr_lam_validation*.md,
-# patchnr_lam_x1_validation*.md). The other tasks are not tuned yet.
-DEFAULT_PATCHNR_LAM_SCALE = {"ct": 1.0, "sr": 1.0, "deblur": 1.0, "denoise": 0.3, "inpaint": 1.0}
-LAM_SCALES = {"epll": DEFAULT_EPLL_LAM_SCALE, "charts": DEFAULT_CHARTS_LAM_SCALE, "patchnr": DEFAULT_PATCHNR_LAM_SCALE}
+# Its scale, iterations and learning rate per task (sr2/sr4, ct_limited/ct_lowdose apart) are
+# patchreg.priors.task_defaults.patchnr_settings: the paper code's iterations and rates, the scale chosen on
+# validation at the paper's 40k patches (bench/results/patchnr_paper_set12.md).
+LAM_SCALES = {"epll": DEFAULT_EPLL_LAM_SCALE, "charts": DEFAULT_CHARTS_LAM_SCALE}
 
 
 def register(subparsers) -> None:
@@ -121,8 +120,10 @@ def register(subparsers) -> None:
                              "NLL (default: a per-task scale times n_patches/d, EPLL's MAP energy)")
     solver.add_argument("--betas", type=str, default=None,
                         help="hqs: comma-separated splitting penalties (default (1/sigma^2)[1,4,8,16,32])")
-    solver.add_argument("--steps", type=int, default=None, help=f"adam/lbfgs: iterations (default {DEFAULT_STEPS})")
-    solver.add_argument("--lr", type=float, default=None, help="adam/lbfgs: step size (default 0.01 adam, 1 lbfgs)")
+    solver.add_argument("--steps", type=int, default=None, help=f"adam/lbfgs: iterations (default {DEFAULT_STEPS}; patchnr: the paper's "
+                        "per task, 3000 for limited-angle CT)")
+    solver.add_argument("--lr", type=float, default=None, help="adam/lbfgs: step size (default 0.01 adam, 1 lbfgs; patchnr: the paper's per task, "
+                        "0.03 sr, 0.005 ct)")
     solver.add_argument("--n-patches", type=int, default=None,
                         help=f"patchnr, or charts with adam: random patches per iteration (patchnr default "
                              f"{DEFAULT_N_PATCHES}; charts default: all patches)")
@@ -224,6 +225,10 @@ def _check_options(args) -> None:
         _check_number("--lam", args.lam, 0, low_open=False)
         if args.betas is not None:
             raise ValueError(f"--betas applies only to --solver hqs, got --solver {solver} (use --steps and --lr)")
+        if args.prior == "patchnr":  # the paper's iterations and learning rate per task
+            steps, lr, _ = _patchnr_settings(args)
+            args.steps = steps if args.steps is None else args.steps
+            args.lr = lr if args.lr is None else args.lr
         args.steps = DEFAULT_STEPS if args.steps is None else args.steps
     if args.n_patches is not None:
         if args.prior == "epll" or (args.prior == "charts" and solver != "adam"):
@@ -533,11 +538,17 @@ def _charts_api():
 
 def _gradient_lam(args, model, image_shape) -> float:
     """Default lam of the gradient solvers (see DEFAULT_*_LAM*)."""
-    scale = LAM_SCALES[args.prior][args.task]
+    scale = _patchnr_settings(args)[2] if args.prior == "patchnr" else LAM_SCALES[args.prior][args.task]
     p = model.patch_size
     H, W = image_shape[-2:]
     dim = getattr(model, "dim", p * p)
     return scale * (H - p + 1) * (W - p + 1) / dim
+
+
+def _patchnr_settings(args) -> tuple[int, float, float]:
+    from ..priors.task_defaults import patchnr_settings
+
+    return patchnr_settings(_tuned_task(args))
 
 
 def _tuned_task(args) -> str:
