@@ -283,6 +283,86 @@ def test_checkpoint_round_trip_and_exact_resume(tmp_path):
     torch.testing.assert_close(loaded.log_prob(x), straight.log_prob(x))
 
 
+@pytest.mark.parametrize("family", ["fif", "vae"])
+def test_revival_reseeds_a_dead_chart_on_the_worst_explained_points(family):
+    from patchreg.charts.training import revive_dead_charts
+
+    torch.manual_seed(0)
+    model = build_mixture(family, 3, 2, 1, width=8, n_blocks=1).double()
+    near = torch.randn(400, 2, dtype=D64) * 0.05  # what the live charts explain
+    far = torch.randn(40, 2, dtype=D64) * 0.05 + torch.tensor([4.0, -3.0], dtype=D64)  # what they do not
+    for chart in model.charts:
+        chart.set_frame(near)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for param in model.parameters():  # an Adam state to be cleared for the revived chart
+        optimizer.state[param]["exp_avg"] = torch.ones_like(param)
+    with torch.no_grad():
+        model.log_alpha.copy_(torch.log(torch.tensor([0.6, 0.4 - 1e-9, 1e-9], dtype=D64)))
+    before = [p.detach().clone() for p in model.charts[2].parameters()]
+    points = torch.cat([near, far])
+    revived = revive_dead_charts(model, points, optimizer, 0.1, torch.Generator().manual_seed(0), 0.05)
+    assert revived == [2]
+    alpha = model.log_alpha.exp()
+    torch.testing.assert_close(alpha.sum(), torch.tensor(1.0, dtype=D64))
+    assert alpha[2] == pytest.approx((1 / 3) / (0.6 + 0.4 - 1e-9 + 1 / 3))
+    # the new frame sits on the far cluster (the points the mixture explains worst), not on the near one
+    assert (model.charts[2].center - far.mean(0)).norm() < 0.5
+    assert (model.charts[0].center - near.mean(0)).norm() < 0.1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.charts[2].parameters()))
+    assert all(param not in optimizer.state for param in model.charts[2].parameters())
+    assert all(param in optimizer.state for param in model.charts[0].parameters())
+    assert revive_dead_charts(model, points, optimizer, 0.1, torch.Generator().manual_seed(0), 0.05) == []  # none dead
+
+
+def test_reset_keeps_the_near_affine_initialisation():
+    from patchreg.charts.architectures import ResidualMLP
+    from patchreg.charts.training import _reset_parameters
+
+    torch.manual_seed(0)
+    net = ResidualMLP(3, 2, width=16, n_blocks=2)
+    fresh_scale = max(float(second.weight.detach().abs().max()) for _, second in net.blocks)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.fill_(1.0)
+    holder = nn.Module()
+    holder.net = net
+    _reset_parameters(holder)
+    for first, second in net.blocks:
+        assert float(second.weight.abs().max()) <= 1.5 * fresh_scale  # the residual branch scaled by 0.1 again
+        assert torch.equal(second.bias, torch.zeros_like(second.bias))
+        assert not torch.equal(first.weight, torch.ones_like(first.weight))
+
+
+def test_training_with_revival_logs_it_and_resumes_exactly(tmp_path):
+    data = _circle_data(500)
+    # revive_below near 1: every chart under 0.95 / K is re-seeded, so revivals happen in a tiny run
+    config = _tiny_config(pretrain_steps=4, mixture_steps=8, overlap_steps=2, seed_points=200, log_every=2,
+                          revive_every=2, revive_below=0.95, revive_points=256)
+    torch.manual_seed(0)
+    straight = build_mixture("fif", 3, 2, 1, width=8, n_blocks=1).double()
+    history = train_mixture(straight, data, config, tmp_path / "straight.safetensors", progress=False)
+    assert any(r.get("revived") for r in history)
+    assert all(math.isfinite(r["loss"]) for r in history)
+
+    torch.manual_seed(0)
+    part = build_mixture("fif", 3, 2, 1, width=8, n_blocks=1).double()
+    first = TrainConfig(**{**config.__dict__, "mixture_steps": 4, "overlap_steps": 0, "checkpoint_every": 8})
+    train_mixture(part, data, first, tmp_path / "run.safetensors", progress=False)
+    resumed, _ = load_mixture(tmp_path / "run.safetensors")
+    train_mixture(resumed, data, config, tmp_path / "run.safetensors", resume=True, progress=False)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+@pytest.mark.parametrize("field, value, fragment", [("revive_every", -1, "revive_every must be >= 0"),
+                                                    ("revive_below", 0.0, "revive_below must be in"),
+                                                    ("revive_below", 1.0, "revive_below must be in"),
+                                                    ("revive_points", 1, "revive_points must be >= 2")])
+def test_revival_settings_are_checked(field, value, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        TrainConfig(**{field: value}).check()
+
+
 def test_nan_guard_stops_with_clear_message():
     model = build_mixture("fif", 1, 2, 1, width=8, n_blocks=1)
     with torch.no_grad():

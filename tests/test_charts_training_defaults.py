@@ -152,7 +152,20 @@ def test_cli_rejects_bad_schedule_settings(tmp_path, capsys):
     assert main(["train", "charts", "--data", "toy:circle", "--seed-fraction", "0", "--out", out]) == 2
     assert "--seed-fraction must be in (0, 1]" in capsys.readouterr().err
     assert main(["train", "charts", "--data", "toy:circle", "--steps", "3", "--out", out]) == 2
+    assert main(["train", "charts", "--data", "toy:circle", "--revive-every", "-1", "--out", out]) == 2
+    assert "revive_every must be >= 0" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_revive_every_reaches_the_training(tmp_path):
+    from patchreg.charts import load_mixture
+    from patchreg.cli import main
+
+    out = tmp_path / "r.safetensors"
+    assert main(["train", "charts", "--data", "toy:circle", "--steps", "20", "--width", "8", "--blocks", "1",
+                 "--n-train", "300", "--revive-every", "5", "--no-progress", "--out", str(out)]) == 0
+    _, header = load_mixture(out, torch.float32)
+    assert header["training"]["config"]["revive_every"] == 5
 
 
 def test_cli_defaults_are_the_library_defaults(tmp_path):

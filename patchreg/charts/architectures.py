@@ -28,9 +28,18 @@ class ResidualMLP(nn.Module):
         self.input = nn.Linear(dim_in, width)
         self.blocks = nn.ModuleList(nn.ModuleList([nn.Linear(width, width), nn.Linear(width, width)]) for _ in range(n_blocks))
         self.output = nn.Linear(width, dim_out)
+        self._init_residuals()
+
+    def _init_residuals(self) -> None:
         for first, second in self.blocks:  # residual branches start small: the net starts near affine
             nn.init.zeros_(second.bias)
             second.weight.data.mul_(0.1)
+
+    def reset_parameters(self) -> None:
+        """A fresh initialisation, as the constructor's."""
+        for layer in (self.input, self.output, *(layer for block in self.blocks for layer in block)):
+            layer.reset_parameters()
+        self._init_residuals()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.input(x)
@@ -87,8 +96,17 @@ class _ConvBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self._init_residual()
+
+    def _init_residual(self) -> None:
         nn.init.zeros_(self.conv2.bias)
         self.conv2.weight.data.mul_(0.1)
+
+    def reset_parameters(self) -> None:
+        """A fresh initialisation, as the constructor's."""
+        self.conv1.reset_parameters()
+        self.conv2.reset_parameters()
+        self._init_residual()
 
     def forward(self, x):
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))

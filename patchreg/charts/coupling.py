@@ -21,8 +21,18 @@ class _Subnet(nn.Module):
         self.net = nn.Sequential(
             nn.Linear(dim_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2 * dim_out)
         )
+        self._zero_last()
+
+    def _zero_last(self) -> None:  # the coupling starts as the identity
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
+
+    def reset_parameters(self) -> None:
+        """A fresh initialisation, as the constructor's."""
+        for layer in self.net:
+            if hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+        self._zero_last()
 
     def forward(self, x):
         return self.net(x).chunk(2, dim=-1)

@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .. import _checks, distributed
 from .checkpoint import load_mixture_state, save_mixture
-from .seeding import seed_charts, seed_members
+from .seeding import kmeans, nearest_center, seed_charts, seed_members
 
 PHASES = ("pretrain", "mixture", "overlap")
 LR_SCHEDULES = ("constant", "cosine")
@@ -83,6 +83,13 @@ class TrainConfig:
     seed_fraction: float = 1.0
     checkpoint_every: int = 0
     log_every: int = 50
+    # reviving dead charts in the mixture phase: every revive_every steps (0 = never), each chart whose weight
+    # alpha_k fell below revive_below / K is re-seeded on a cluster of the worst-explained points (see
+    # revive_dead_charts). Without it the mixture's responsibilities concentrate the data on a few charts and
+    # the others never train again (bench/results/charts_usage.md).
+    revive_every: int = 0
+    revive_below: float = 0.1
+    revive_points: int = 8192
 
     @property
     def total_steps(self) -> int:
@@ -120,6 +127,12 @@ class TrainConfig:
             raise ValueError(f"seed_fraction must be in (0, 1], got {self.seed_fraction}")
         if not 0 < self.lr_final <= 1:
             raise ValueError(f"lr_final must be in (0, 1], got {self.lr_final}")
+        if self.revive_every < 0:
+            raise ValueError(f"revive_every must be >= 0 (0: never), got {self.revive_every}")
+        if not 0 < self.revive_below < 1:
+            raise ValueError(f"revive_below must be in (0, 1) (a fraction of the uniform weight 1/K), got {self.revive_below}")
+        if self.revive_points < 2:
+            raise ValueError(f"revive_points must be >= 2, got {self.revive_points}")
         return self
 
     @classmethod
@@ -240,6 +253,40 @@ def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3,
             model.log_sigma.copy_(0.5 * torch.log(sigma2.clamp_min(1e-8)))
 
 
+def revive_dead_charts(model, points: torch.Tensor, optimizer, below: float, generator: torch.Generator,
+                       sigma: float) -> list[int]:
+    """Re-seed every chart whose weight is below `below` / K; returns their indices.
+
+    The dead charts are placed, as at the start of training, on k-means clusters (one per dead chart) of the
+    tenth of `points` that the mixture explains worst (lowest log p at the training noise level `sigma`, which
+    finalize() does not change, so a resumed run revives the same way): frame by PCA of the cluster, network
+    re-initialised, its Adam state cleared, weight 1/K (the weights renormalised). The new charts then take
+    the responsibility for data the live charts fit badly instead of staying empty."""
+    alpha = model.log_alpha.detach().exp()
+    dead = (alpha < below / model.n_charts).nonzero()[:, 0].tolist()
+    if not dead:
+        return []
+    with torch.no_grad():
+        log_p = torch.cat([torch.logsumexp(model.log_alpha + model.chart_log_probs(chunk, sigma=sigma), dim=-1)
+                           for chunk in points.split(1024)])
+        worst = points[log_p.argsort()[: max(len(dead) * 2, len(points) // 10)]]
+        centers = kmeans(worst, len(dead), generator)
+        labels = nearest_center(worst, centers)
+        for j, k in enumerate(dead):
+            members = worst[labels == j]
+            chart = model.charts[k]
+            init_seed = int(torch.randint(2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):  # the initialisation from `generator`: resumable, and the
+                torch.manual_seed(init_seed)         # global random stream is left as it was
+                _reset_parameters(chart)
+            chart.set_frame(members if len(members) >= 2 else worst, model.config.get("align", "pca"))
+            for param in chart.parameters():
+                optimizer.state.pop(param, None)
+        alpha[dead] = 1.0 / model.n_charts
+        model.log_alpha.copy_(torch.log(alpha / alpha.sum()))
+    return dead
+
+
 class _MixtureLoss(torch.nn.Module):
     """mixture_loss as a module's forward, the call DistributedDataParallel synchronises."""
 
@@ -285,6 +332,31 @@ def training_step(loss_of, model, optimizer, x, config: TrainConfig, phase: str,
             alpha = m * model.log_alpha.exp() + (1 - m) * mean_w
             model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
     return value, w
+
+
+def _reset_parameters(module: torch.nn.Module) -> None:
+    """Re-initialise every submodule as its constructor does: the outermost `reset_parameters` found on each
+    branch is called (a ResidualMLP's own, which keeps its small residual branches, not its Linears')."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+        else:
+            _reset_parameters(child)
+
+
+def _revive(model, data, optimizer, config: TrainConfig, step: int, world) -> list[int]:
+    """revive_dead_charts on rank 0's points (a stream of its own, seeded by the step: resumable, and the
+    training stream is not shifted), its result broadcast to every rank."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    points = BatchStream(data, config.revive_points, generator).draw().to(model.log_alpha.dtype)
+    revived = revive_dead_charts(model, points, optimizer, config.revive_below, generator, config.train_sigma)
+    if world.distributed:
+        revived = distributed.broadcast_object(revived)
+        for k in revived:
+            for param in model.charts[k].parameters():
+                optimizer.state.pop(param, None)
+        distributed.broadcast_tensors([*model.parameters(), *model.buffers()])
+    return revived
 
 
 def _rank_generator_tensors(generator, world) -> dict:
@@ -360,6 +432,7 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
     loss_of = wrap_for_training(model, config, generator, world)
     bar = tqdm(total=config.total_steps, initial=step, disable=not progress, desc="charts", dynamic_ncols=True)
     started = time.time()
+    revived = []  # charts re-seeded since the last logged record
     while step < config.total_steps:
         phase = config.phase(step)
         x = stream.draw().to(dtype)
@@ -367,8 +440,12 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
             group["lr"] = config.learning_rate(step)
         loss, w = training_step(loss_of, model, optimizer, x, config, phase, centers, step, world)
         step += 1
+        if config.revive_every and phase == "mixture" and step % config.revive_every == 0:
+            revived += _revive(model, data, optimizer, config, step, world)  # logged with the next record
         if step % config.log_every == 0 or step == config.total_steps:
             history.append(dict(step=step, phase=phase, loss=loss.item(), seconds=time.time() - started))
+            if revived:
+                history[-1]["revived"], revived = revived, []
             bar.set_postfix(phase=phase, loss=f"{loss.item():.3g}")
             if callback is not None and world.is_main:
                 paused = time.time()

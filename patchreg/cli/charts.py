@@ -44,6 +44,9 @@ def register_train(train_kinds) -> None:
     p.add_argument("--seed-fraction", type=float, default=None,
                    help=f"local seeding: each chart starts on this fraction of its k-means cluster, nearest its centre "
                         f"(default: point data {_TOY['seed_fraction']}, images 1)")
+    p.add_argument("--revive-every", type=int, default=0,
+                   help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
+                        "data (0: never, the default)")
     p.add_argument("--n-train", type=int, default=5000, help="training points drawn from a toy manifold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
@@ -141,7 +144,7 @@ def _train_in_world(args) -> int:
                               args.train_sigma, args.beta).float()
     config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                               train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                              seed_fraction=args.seed_fraction)
+                              seed_fraction=args.seed_fraction, revive_every=args.revive_every)
     try:
         history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as exc:
@@ -178,6 +181,8 @@ def _train_patches(args) -> int:
         raise ValueError("image patches: only --family fif has a fused kernel for the chart prior; use --family fif")
     if args.architecture != "mlp":
         raise ValueError("image patches: the chart prior's fused kernel needs --architecture mlp")
+    if args.revive_every < 0:
+        raise ValueError(f"--revive-every must be >= 0 (0: never), got {args.revive_every}")
     if args.selector_points < args.charts:
         raise ValueError(f"--selector-points must be >= --charts ({args.charts}), got {args.selector_points}")
     spec = args.data[len("images:"):] if args.data.startswith("images:") else args.data
@@ -190,7 +195,7 @@ def _train_patches(args) -> int:
                          lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
                          seed_fraction=args.seed_fraction,
                          checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
-                         responsibility_floor=args.responsibility_floor)
+                         responsibility_floor=args.responsibility_floor, revive_every=args.revive_every)
     torch.manual_seed(args.seed)
     try:
         model = train_patch_charts(images, args.patch_size, args.family, args.charts, args.latent_dim, args.width,
