@@ -90,6 +90,10 @@ class TrainConfig:
     revive_every: int = 0
     revive_below: float = 0.1
     revive_points: int = 8192
+    # Adam steps a revived chart trains alone on its cluster before rejoining the mixture (as pre-training
+    # does): a fresh near-affine chart explains even its own cluster worse than the trained charts, so without
+    # this head start it gets no responsibility and dies again
+    revive_pretrain_steps: int = 50
 
     @property
     def total_steps(self) -> int:
@@ -133,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"revive_below must be in (0, 1) (a fraction of the uniform weight 1/K), got {self.revive_below}")
         if self.revive_points < 2:
             raise ValueError(f"revive_points must be >= 2, got {self.revive_points}")
+        if self.revive_pretrain_steps < 0:
+            raise ValueError(f"revive_pretrain_steps must be >= 0, got {self.revive_pretrain_steps}")
         return self
 
     @classmethod
@@ -254,14 +260,15 @@ def finalize(model, points: torch.Tensor, start_sigma: float, n_rounds: int = 3,
 
 
 def revive_dead_charts(model, points: torch.Tensor, optimizer, below: float, generator: torch.Generator,
-                       sigma: float) -> list[int]:
+                       sigma: float, pretrain_steps: int = 0, lr: float = 1e-3) -> list[int]:
     """Re-seed every chart whose weight is below `below` / K; returns their indices.
 
     The dead charts are placed, as at the start of training, on k-means clusters (one per dead chart) of the
     tenth of `points` that the mixture explains worst (lowest log p at the training noise level `sigma`, which
     finalize() does not change, so a resumed run revives the same way): frame by PCA of the cluster, network
-    re-initialised, its Adam state cleared, weight 1/K (the weights renormalised). The new charts then take
-    the responsibility for data the live charts fit badly instead of staying empty."""
+    re-initialised, its Adam state cleared, then `pretrain_steps` Adam steps (rate `lr`) of its own training loss
+    on its cluster alone, weight 1/K (the weights renormalised). The new charts then take the responsibility for
+    data the live charts fit badly instead of staying empty."""
     alpha = model.log_alpha.detach().exp()
     dead = (alpha < below / model.n_charts).nonzero()[:, 0].tolist()
     if not dead:
@@ -279,9 +286,11 @@ def revive_dead_charts(model, points: torch.Tensor, optimizer, below: float, gen
             with torch.random.fork_rng(devices=[]):  # the initialisation from `generator`: resumable, and the
                 torch.manual_seed(init_seed)         # global random stream is left as it was
                 _reset_parameters(chart)
-            chart.set_frame(members if len(members) >= 2 else worst, model.config.get("align", "pca"))
+            members = members if len(members) >= 2 else worst
+            chart.set_frame(members, model.config.get("align", "pca"))
             for param in chart.parameters():
                 optimizer.state.pop(param, None)
+            _pretrain_alone(chart, model.prior, members, sigma, pretrain_steps, lr, generator)
         alpha[dead] = 1.0 / model.n_charts
         model.log_alpha.copy_(torch.log(alpha / alpha.sum()))
     return dead
@@ -334,6 +343,20 @@ def training_step(loss_of, model, optimizer, x, config: TrainConfig, phase: str,
     return value, w
 
 
+def _pretrain_alone(chart, prior, points: torch.Tensor, sigma: float, steps: int, lr: float,
+                    generator: torch.Generator) -> None:
+    """`steps` Adam steps of the chart's own training loss on `points` (a private optimiser)."""
+    if steps == 0:
+        return
+    optimizer = torch.optim.Adam(chart.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = chart.training_loss(points, prior, sigma, 1.0, generator).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
 def _reset_parameters(module: torch.nn.Module) -> None:
     """Re-initialise every submodule as its constructor does: the outermost `reset_parameters` found on each
     branch is called (a ResidualMLP's own, which keeps its small residual branches, not its Linears')."""
@@ -349,7 +372,8 @@ def _revive(model, data, optimizer, config: TrainConfig, step: int, world) -> li
     training stream is not shifted), its result broadcast to every rank."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
     points = BatchStream(data, config.revive_points, generator).draw().to(model.log_alpha.dtype)
-    revived = revive_dead_charts(model, points, optimizer, config.revive_below, generator, config.train_sigma)
+    revived = revive_dead_charts(model, points, optimizer, config.revive_below, generator, config.train_sigma,
+                                 config.revive_pretrain_steps, config.lr)
     if world.distributed:
         revived = distributed.broadcast_object(revived)
         for k in revived:

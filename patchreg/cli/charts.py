@@ -46,7 +46,7 @@ def register_train(train_kinds) -> None:
                         f"(default: point data {_TOY['seed_fraction']}, images 1)")
     p.add_argument("--revive-every", type=int, default=0,
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
-                        "data (0: never, the default)")
+                        "data (0: never, the default), each first trained alone on its cluster for 50 steps")
     p.add_argument("--n-train", type=int, default=5000, help="training points drawn from a toy manifold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
