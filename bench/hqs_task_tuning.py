@@ -37,7 +37,7 @@ from patchreg.metrics import psnr  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 from patchreg.priors import GMM, PatchCharts, charts_restore, epll_restore  # noqa: E402
 from patchreg.priors.hqs import weighted_problem  # noqa: E402
-from patchreg.priors.task_defaults import schedule_from_start  # noqa: E402
+from patchreg.priors.task_defaults import SCHEDULE, schedule_from_start  # noqa: E402
 
 TASKS = ("deblur", "sr2", "sr4", "inpaint", "ct_limited", "ct_lowdose")
 TIE_DB = 0.02  # settings this close to the best count as ties, and the one with the fewest betas wins
@@ -126,7 +126,7 @@ def write_report(out: Path, rows: list, commands: list, names: list, ct_size: in
             cand = [r for r in rows if r["task"] == task and r["prior"] == prior]
             if cand:  # the best PSNR; within TIE_DB of it, the shortest schedule (the cheapest)
                 best_psnr = max(r["psnr"] for r in cand)
-                top = min((r for r in cand if r["psnr"] >= best_psnr - TIE_DB), key=lambda r: (r["steps"] or 6, -r["psnr"]))
+                top = min((r for r in cand if r["psnr"] >= best_psnr - TIE_DB), key=lambda r: (r["steps"] or len(SCHEDULE), -r["psnr"]))
                 best.setdefault(prior, {})[task] = {k: top[k] for k in ("start", "lam_scale", "end", "steps")}
     out.with_suffix(".json").write_text(json.dumps({"commands": commands, "rows": rows, "best": best}, indent=1))
     lines = ["# HQS schedule per task, tuned on the validation split of train400", "",
@@ -140,9 +140,9 @@ def write_report(out: Path, rows: list, commands: list, names: list, ct_size: in
     for task in tasks:
         for prior in priors:
             mine = [r for r in rows if r["task"] == task and r["prior"] == prior]
-            variants = sorted({(r["lam_scale"], r["end"] or 0.0, r["steps"] or 0) for r in mine})
+            variants = sorted({(r["lam_scale"], r["end"], r["steps"]) for r in mine},
+                              key=lambda v: (v[0], v[1] or 0.0, v[2] or 0))  # six factors (None) first
             for lam_scale, end, steps in variants:
-                end, steps = (end or None), (steps or None)
                 cells = {r["start"]: r for r in mine if (r["lam_scale"], r["end"], r["steps"]) == (lam_scale, end, steps)}
                 chosen = best[prior][task]
                 key = (lam_scale, end, steps)

@@ -3,7 +3,7 @@
 For each task, in --tasks order, the weight lam = SCALE * n_image_patches / d (the MAP scale of the other priors)
 is chosen among --scales by the mean PSNR on the first --val-images validation images of train400; the three
 denoising levels share the scale chosen at sigma 25 (TUNED_AS). Then every Set12 image is reconstructed with it.
-Settings per task are bench/priors_table.py's (40k random patches per iteration, PATCHNR_STEPS and PATCHNR_LR: 300
+Settings per task are bench/priors_table.py's (40k random patches per iteration, task_defaults' PATCHNR_STEPS and PATCHNR_LR: 300
 Adam iterations, 3000 for limited-angle CT; the same problems, noise seeds and PSNR).
 
 Made for one call on a GPU: a timing probe at the start measures seconds per iteration, and a task whose estimated
@@ -27,11 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from priors_table import (PATCHNR_LR, PATCHNR_STEPS, Runners, cell_settings, configure_device,  # noqa: E402
-                          done_cells, make_problem, patchnr_schedule, prepare_clean)
+from priors_table import (Runners, cell_settings, configure_device, done_cells, make_problem,  # noqa: E402
+                          patchnr_schedule, prepare_clean)
 
 from patchreg.data import load_set12, load_train400, to_tensor  # noqa: E402
 from patchreg.metrics import measure, psnr, ssim  # noqa: E402
+from patchreg.priors.task_defaults import PATCHNR_LR, PATCHNR_STEPS  # noqa: E402
 
 TASK_ORDER = ("denoise25", "sr4", "ct_lowdose", "deblur", "sr2", "inpaint", "denoise15", "denoise50", "ct_limited")
 TUNED_AS = {"denoise15": "denoise25", "denoise50": "denoise25"}

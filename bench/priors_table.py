@@ -19,7 +19,7 @@ Priors (all trained on the training split of train400; checkpoints by name or pa
   charts_lbfgs  the chart prior's R(x) (all patches, ChartPrior) minimised by L-BFGS, --lbfgs-steps;
   patchnr     Adam on the image with the flow (patchreg.reconstruct), --patchnr-patches random
               patches and --patchnr-steps iterations at learning rate --patchnr-lr (defaults: the
-              paper's code, PATCHNR_STEPS and PATCHNR_LR: 40k patches, 300 iterations, 3000 for
+              paper's code, patchreg.priors.task_defaults: 40k patches, 300 iterations, 3000 for
               limited-angle CT; lr 0.03 for super-resolution, 0.005 for CT, 0.01 elsewhere; reduced
               settings are printed in the table); --device cuda runs it on the GPU;
   bm3d        the `bm3d` package (bench-only dependency) with the true sigma: `bm3d.bm3d` for denoising,
@@ -55,8 +55,7 @@ from patchreg.data import load_set12, to_tensor  # noqa: E402
 from patchreg.metrics import measure, psnr, ssim  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 from patchreg.priors.hqs import weighted_problem  # noqa: E402
-from patchreg.priors.task_defaults import (PATCHNR_LR, PATCHNR_STEPS, hqs_betas, hqs_lam,  # noqa: E402,F401
-                                           schedule_from_start)
+from patchreg.priors.task_defaults import hqs_betas, hqs_lam, patchnr_settings, schedule_from_start  # noqa: E402
 
 TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "ct_lowdose", "inpaint")
 PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
@@ -183,10 +182,11 @@ class Runners:
 
 
 def patchnr_schedule(task: str, args) -> tuple[int, float]:
-    """(Adam iterations, learning rate) of a PatchNR cell: the flags, else the paper's per-task values."""
-    steps = args.patchnr_steps if args.patchnr_steps is not None else PATCHNR_STEPS.get(task, 300)
-    lr = args.patchnr_lr if args.patchnr_lr is not None else PATCHNR_LR.get(task, 0.01)
-    return steps, lr
+    """(Adam iterations, learning rate) of a PatchNR cell: the flags, else the paper's per-task values
+    (patchreg.priors.task_defaults.patchnr_settings, as the CLI)."""
+    steps, lr, _ = patchnr_settings("denoise" if task.startswith("denoise") else task)
+    return (steps if args.patchnr_steps is None else args.patchnr_steps,
+            lr if args.patchnr_lr is None else args.patchnr_lr)
 
 
 def cell_settings(prior: str, args, task: str) -> dict:
