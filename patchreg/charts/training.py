@@ -85,8 +85,9 @@ class TrainConfig:
     log_every: int = 50
     # reviving dead charts in the mixture phase: every revive_every steps (0 = never), each chart whose weight
     # alpha_k fell below revive_below / K is re-seeded on a cluster of the worst-explained points (see
-    # revive_dead_charts). Without it the mixture's responsibilities concentrate the data on a few charts and
-    # the others never train again (bench/results/charts_usage.md).
+    # revive_dead_charts). The mixture's responsibilities concentrate the data on a few charts and the others
+    # never train again (bench/results/charts_usage.md); measured on 6x6 patches (K 32, d 8), revived charts died
+    # again within 100 steps and the model ended as without revival (bench/RESULTS.md), hence off by default.
     revive_every: int = 0
     revive_below: float = 0.1
     revive_points: int = 8192
