@@ -68,7 +68,7 @@ class Session:
 
     def __init__(self, args):
         self.args = args
-        self.args.patchnr_lam_scale = None  # set per cell
+        self.args.patchnr_lam_scale = None  # per cell: Runners.patchnr's lam_scale and the row's settings
         self.runners = Runners(args)
         self.start = time.perf_counter()
         out = Path(args.out)
@@ -135,9 +135,9 @@ def tune(session: Session, task: str, val_images, val_names) -> float:
 
 
 def _settings(args, task, scale) -> dict:
-    args.patchnr_lam_scale = scale
     card = {"card": _card()} if args.device == "cuda" else {}
-    return {**cell_settings("patchnr", args, task), "tuned_on": f"validation[:{args.val_images}]", **card}
+    return {**cell_settings("patchnr", args, task), "lam_scale": scale, "tuned_on": f"validation[:{args.val_images}]",
+            **card}
 
 
 def _card() -> str:

@@ -181,21 +181,19 @@ def _train_patches(args) -> int:
         raise ValueError("image patches: only --family fif has a fused kernel for the chart prior; use --family fif")
     if args.architecture != "mlp":
         raise ValueError("image patches: the chart prior's fused kernel needs --architecture mlp")
-    if args.revive_every < 0:
-        raise ValueError(f"--revive-every must be >= 0 (0: never), got {args.revive_every}")
     if args.selector_points < args.charts:
         raise ValueError(f"--selector-points must be >= --charts ({args.charts}), got {args.selector_points}")
-    spec = args.data[len("images:"):] if args.data.startswith("images:") else args.data
-    images = load_images(spec, "train")
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
     q = args.steps // 4
     config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
                          lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
                          seed_fraction=args.seed_fraction,
                          checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
-                         responsibility_floor=args.responsibility_floor, revive_every=args.revive_every)
+                         responsibility_floor=args.responsibility_floor, revive_every=args.revive_every).check()
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
+    spec = args.data[len("images:"):] if args.data.startswith("images:") else args.data
+    images = load_images(spec, "train")
     torch.manual_seed(args.seed)
     try:
         model = train_patch_charts(images, args.patch_size, args.family, args.charts, args.latent_dim, args.width,
