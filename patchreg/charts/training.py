@@ -157,16 +157,27 @@ TOY_DEFAULTS = dict(steps=3000, pretrain_fraction=0.1, overlap_fraction=0.2, bat
                     lr_schedule="cosine", lr_final=0.01, train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3)
 
 
-def toy_train_config(steps: int | None = None, **overrides) -> TrainConfig:
-    """The TrainConfig of `patchreg train charts` on point data: TOY_DEFAULTS's phases (pre-training,
+# Per-toy exceptions to TOY_DEFAULTS (the toy manifold's name -> settings), applied by toy_defaults(name):
+# TOY_SETTINGS_PLACEHOLDER
+TOY_SETTINGS: dict[str, dict] = {}
+
+
+def toy_defaults(manifold: str | None = None) -> dict:
+    """TOY_DEFAULTS with the toy manifold's own settings (TOY_SETTINGS) over them; None or another name: TOY_DEFAULTS."""
+    return {**TOY_DEFAULTS, **TOY_SETTINGS.get(manifold, {})}
+
+
+def toy_train_config(steps: int | None = None, manifold: str | None = None, **overrides) -> TrainConfig:
+    """The TrainConfig of `patchreg train charts` on point data: toy_defaults(manifold)'s phases (pre-training,
     mixture, overlap as fractions of `steps`), learning rate and schedule; `overrides` set any field."""
-    steps = TOY_DEFAULTS["steps"] if steps is None else steps
+    defaults = toy_defaults(manifold)
+    steps = defaults["steps"] if steps is None else steps
     if steps < 3:
         raise ValueError(f"steps must be >= 3 (pre-training, mixture and overlap phases), got {steps}")
-    pre = max(1, int(round(TOY_DEFAULTS["pretrain_fraction"] * steps)))
-    over = max(1, int(round(TOY_DEFAULTS["overlap_fraction"] * steps)))
+    pre = max(1, int(round(defaults["pretrain_fraction"] * steps)))
+    over = max(1, int(round(defaults["overlap_fraction"] * steps)))
     base = dict(pretrain_steps=pre, mixture_steps=steps - pre - over, overlap_steps=over,
-                **{k: TOY_DEFAULTS[k] for k in ("batch_size", "lr", "lr_schedule", "lr_final", "train_sigma", "seed_fraction")})
+                **{k: defaults[k] for k in ("batch_size", "lr", "lr_schedule", "lr_final", "train_sigma", "seed_fraction")})
     base.update(overrides)
     return TrainConfig(**base).check()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 # The point-data defaults, for the help text only (importing patchreg.charts here would load torch on every
 # command); tests/test_charts.py checks that they equal patchreg.charts.training.TOY_DEFAULTS.
-_TOY = dict(steps=3000, split="0.1/0.7/0.2", lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3)
+_TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3)
 
 
 def register_train(train_kinds) -> None:
@@ -37,7 +37,8 @@ def register_train(train_kinds) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help=f"total steps (default: point data {_TOY['steps']}, split {_TOY['split']} pretrain / mixture / "
                         "overlap, see patchreg.charts.training.TOY_DEFAULTS; images 1600, split 1/4, 1/2, 1/4)")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"mini-batch size (default: point data {_TOY['batch_size']}, images 128)")
     p.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default: point data {_TOY['lr']}, images 1e-3)")
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                    help=f"after pre-training (default: point data {_TOY['lr_schedule']}, images constant)")
@@ -93,14 +94,14 @@ def _train_in_world(args) -> int:
 
     from ..charts import TrainingDiverged, build_mixture, load_mixture, train_mixture
     from ..charts.datasets import load_dataset
-    from ..charts.training import toy_train_config
-
-    from ..charts.training import TOY_DEFAULTS
+    from ..charts.training import toy_defaults, toy_train_config
 
     image = _is_image_spec(args.data) or args.patch_size is not None
-    defaults = (dict(steps=1600, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2, seed_fraction=1.0)
-                if image else TOY_DEFAULTS)
-    for name in ("steps", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+    # point data: TOY_DEFAULTS with a toy manifold's own settings over them (patchreg.charts.training.TOY_SETTINGS)
+    defaults = (dict(steps=1600, batch_size=128, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2,
+                     seed_fraction=1.0)
+                if image else toy_defaults(args.data[4:] if args.data.startswith("toy:") else None))
+    for name in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
     if args.charts is not None and args.charts < 1:
