@@ -35,7 +35,7 @@ def build(args):
     TOY_DEFAULTS = toy_defaults(args.manifold)  # with the toy's own settings (TOY_SETTINGS)
     data = load_dataset(f"toy:{args.manifold}", args.n_train, args.eval_n, args.seed)
     m = data.manifold
-    k = args.charts or m.suggested_charts
+    k = args.charts or TOY_DEFAULTS.get("charts") or m.suggested_charts
     width = args.width or TOY_DEFAULTS["width"]
     blocks = args.blocks or TOY_DEFAULTS["blocks"]
     sigma = args.train_sigma or TOY_DEFAULTS["train_sigma"]
@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifold", default="torus")
     p.add_argument("--family", choices=("fif", "vae"), default="fif")
-    p.add_argument("--charts", type=int, default=None, help="K (default: the manifold's suggested K)")
+    p.add_argument("--charts", type=int, default=None, help="K (default: the toy's TOY_SETTINGS K, else the manifold's suggested K)")
     p.add_argument("--steps", type=int, default=None, help="default: the CLI's default")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None)

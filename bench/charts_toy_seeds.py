@@ -79,18 +79,19 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     from patchreg.charts import build_mixture, train_mixture
     from patchreg.charts.datasets import load_dataset
     from patchreg.charts.metrics import evaluate_mixture
-    from patchreg.charts.training import TOY_DEFAULTS, toy_train_config
+    from patchreg.charts.training import toy_defaults, toy_train_config
 
+    TOY_DEFAULTS = toy_defaults(manifold)  # with the toy's own settings (TOY_SETTINGS), as the CLI
     data = load_dataset(f"toy:{manifold}", n_train, n_eval, seed)
     m = data.manifold
     overrides = dict(overrides or {})
-    k = overrides.pop("charts", None) or m.suggested_charts
+    k = overrides.pop("charts", None) or TOY_DEFAULTS.get("charts") or m.suggested_charts
     width = overrides.pop("width", None) or TOY_DEFAULTS["width"]
     sigma = overrides.get("train_sigma", TOY_DEFAULTS["train_sigma"])
     torch.manual_seed(seed)
     model = build_mixture(family, k, m.ambient_dim, m.intrinsic_dim, width=width,
                           n_blocks=TOY_DEFAULTS["blocks"], sigma=sigma)
-    config = toy_train_config(steps, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
+    config = toy_train_config(steps, manifold=manifold, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
     started = time.time()
     history = train_mixture(model, data.train.float(), config, progress=False)
     seconds = time.time() - started
@@ -141,7 +142,8 @@ def write_ablation(cells: list[dict], args, argv) -> None:
     lines = ["# Chart mixture ablations (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}` "
              "(once per variant, each appending its cells to the same JSONL; `--write-only --ablation` rewrites this table)", "",
-             f"Every cell is the defaults (the \"defaults\" rows) but for the variant's one change: {base['steps']} "
+             f"Every cell has the settings of the \"defaults\" rows (the defaults when the ablation ran) but for the "
+             f"variant's changes: {base['steps']} "
              f"steps (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, width {base.get('width', 64)}, seed fraction {cfg['seed_fraction']}, {base['n_train']} "
@@ -210,6 +212,18 @@ def refresh_floors(cells: list[dict], n_eval: int) -> None:
         c["sliced_w2_floor"], c["sliced_w2_floor_draws"] = float(np.mean(draws)), draws
 
 
+def own_settings(cells: list[dict], manifolds: list[str]) -> str:
+    """The toys whose cells trained with settings of their own (patchreg.charts.training.TOY_SETTINGS), as text."""
+    keys = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule")
+    common = {k: cells[0]["config"][k] for k in keys}
+    parts = []
+    for name in manifolds:
+        own = {k: v for c in cells if c["manifold"] == name for k, v in c["config"].items() if k in keys and v != common[k]}
+        if own:
+            parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
+    return (" or the toy's own (TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""
+
+
 def write_converged(cells: list[dict], args, argv) -> None:
     refresh_floors(cells, args.n_eval)
     seeds = sorted({c["seed"] for c in cells})
@@ -221,7 +235,8 @@ def write_converged(cells: list[dict], args, argv) -> None:
              f"(pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, seed fraction {cfg.get('seed_fraction', 1.0)}, {cells[0]['n_train']} noise-free "
-             f"training points, K = the manifold's suggested K. Metrics on {cells[0]['n_samples']} generated samples "
+             f"training points, K = the manifold's suggested K{own_settings(cells, manifolds)}. Metrics on "
+             f"{cells[0]['n_samples']} generated samples "
              f"and as many held-out points: distance to the true manifold relative to its extrinsic diameter "
              f"(patchreg.charts.metrics.manifold_diameter), coverage at eps = {cells[0]['coverage_eps']} (its floor: "
              "the coverage of as many true samples), sliced W2 to the held-out points and its floor (as many true "

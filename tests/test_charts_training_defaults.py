@@ -60,7 +60,7 @@ def test_toy_train_config_phases_and_cli_help_defaults():
         assert getattr(config, key) == TOY_DEFAULTS[key]
     assert toy_train_config(10, lr=5e-4).total_steps == 10 and toy_train_config(10, lr=5e-4).lr == 5e-4
     # the CLI's help text quotes the same defaults
-    for key in ("steps", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+    for key in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
         assert _TOY[key] == TOY_DEFAULTS[key], key
     split = [float(v) for v in _TOY["split"].split("/")]
     assert split[0] == TOY_DEFAULTS["pretrain_fraction"] and split[2] == TOY_DEFAULTS["overlap_fraction"]
@@ -186,3 +186,41 @@ def test_cli_defaults_are_the_library_defaults(tmp_path):
     assert header["training"]["config"]["seed_fraction"] == TOY_DEFAULTS["seed_fraction"]
     for (name, a), b in zip(model.state_dict().items(), cli_model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_toy_settings_override_the_defaults_per_toy():
+    from patchreg.charts.training import TOY_SETTINGS, toy_defaults
+
+    assert toy_defaults(None) == TOY_DEFAULTS and toy_defaults("no_such_toy") == TOY_DEFAULTS
+    for name, settings in TOY_SETTINGS.items():
+        assert set(settings) <= set(TOY_DEFAULTS) | {"charts"}, name  # only known keys (and K)
+        merged = toy_defaults(name)
+        config = toy_train_config(manifold=name)
+        for key, value in settings.items():
+            assert merged[key] == value
+            if hasattr(config, key):
+                assert getattr(config, key) == value
+        assert toy_train_config(manifold=name, lr=5e-4).lr == 5e-4  # an explicit setting still wins
+    # the torus trains at its own learning rate (bench/results/charts_torus_ablation.md), the others at the default
+    assert toy_train_config(manifold="torus").lr == TOY_SETTINGS["torus"]["lr"] != TOY_DEFAULTS["lr"]
+    assert toy_train_config(manifold="sphere").lr == TOY_DEFAULTS["lr"]
+
+
+def test_cli_uses_the_toys_own_settings(tmp_path):
+    from patchreg.charts import load_mixture
+    from patchreg.charts.training import toy_defaults
+    from patchreg.cli import main
+
+    out = tmp_path / "t.safetensors"
+    assert main(["train", "charts", "--data", "toy:torus", "--steps", "4", "--width", "4",
+                 "--blocks", "1", "--n-train", "200", "--no-progress", "--out", str(out)]) == 0
+    header = load_mixture(out, torch.float32)[1]
+    assert header["model"]["n_charts"] == toy_defaults("torus").get("charts", get_manifold("torus").suggested_charts)
+    config = header["training"]["config"]
+    for key in ("lr", "batch_size", "train_sigma", "seed_fraction"):
+        assert config[key] == toy_defaults("torus")[key], key
+    assert main(["train", "charts", "--data", "toy:torus", "--charts", "2", "--steps", "4", "--width", "4",
+                 "--blocks", "1", "--n-train", "200", "--lr", "5e-4", "--batch-size", "64", "--no-progress",
+                 "--out", str(out)]) == 0
+    config = load_mixture(out, torch.float32)[1]["training"]["config"]
+    assert config["lr"] == 5e-4 and config["batch_size"] == 64

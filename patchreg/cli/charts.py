@@ -25,7 +25,8 @@ def register_train(train_kinds) -> None:
                    help="image data: patches used to fit the chart selector after training")
     p.add_argument("--family", choices=("vae", "fif"), default="fif")
     p.add_argument("--charts", type=int, default=None,
-                   help="number of charts K (>= 1; default: a toy manifold's suggested K, e.g. torus 6, else 2)")
+                   help="number of charts K (>= 1; default: a toy manifold's suggested K, e.g. sphere 2, torus 12 "
+                        "(patchreg.charts.training.TOY_SETTINGS), else 2)")
     p.add_argument("--latent-dim", type=int, default=None, help="chart dimension d (< n); default: the toy manifold's")
     p.add_argument("--architecture", choices=("mlp", "conv"), default="mlp")
     p.add_argument("--width", type=int, default=None, help=f"hidden width (default: point data {_TOY['width']}, images 64)")
@@ -129,7 +130,7 @@ def _train_in_world(args) -> int:
         return _train_patches(args)
     data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1)
     if args.charts is None:
-        args.charts = data.manifold.suggested_charts if args.data.startswith("toy:") else 2
+        args.charts = (defaults.get("charts") or data.manifold.suggested_charts) if args.data.startswith("toy:") else 2
     d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
     if d is None:
         raise ValueError("--latent-dim is required for this data")
