@@ -141,7 +141,8 @@ def write_ablation(cells: list[dict], args, argv) -> None:
     cfg = base["config"]
     lines = ["# Chart mixture ablations (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}` "
-             "(once per variant, each appending its cells to the same JSONL; `--write-only --ablation` rewrites this table)", "",
+             "(with `--write-only`: the table from the cells there; without it and with `--seeds` and one variant's options, "
+             "as listed under Commands below if the reading has them, each run trains its cells and appends them to the same JSONL)", "",
              f"Every cell has the settings of the \"defaults\" rows (the defaults when the ablation ran) but for the "
              f"variant's changes: {base['steps']} "
              f"steps (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
