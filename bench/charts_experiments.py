@@ -161,14 +161,75 @@ def precision_recall(real, fake, k: int = 3) -> tuple[float, float]:
     return inside(real, fake), inside(fake, real)
 
 
-def run_digits(job: dict) -> dict:
+def digits_scores(model, data, classifier, sample_seed: int, fd_draws: int = 1) -> dict:
+    """FD, precision/recall, class coverage and held-out NLL of a finalized float64 mixture on the digits test split;
+    with fd_draws > 1 also the FD of that many sample draws (seeds sample_seed ...), the FD's own sampling noise."""
     import numpy as np
+    import torch
+
+    from patchreg.charts.metrics import heldout_nll
+
+    features = lambda x: classifier[:4](x).detach().numpy()
+    draws = []
+    with torch.no_grad():
+        f_real = features(data.test)
+        for i in range(fd_draws):
+            samples, _ = model.sample(len(data.test), torch.Generator().manual_seed(sample_seed + i))
+            if i == 0:
+                first, f_fake = samples, features(samples)
+                predicted = classifier(samples).argmax(1).numpy()
+            draws.append(frechet_distance(f_real, features(samples)))
+    counts = np.bincount(predicted, minlength=10)
+    precision, recall = precision_recall(f_real, f_fake)
+    scores = {"frechet": draws[0], "precision": precision, "recall": recall,
+              "classes_covered": int((counts >= 0.02 * len(first)).sum()), "class_histogram": counts.tolist(),
+              "heldout_nll": heldout_nll(model, data.test, batch=64)}
+    if fd_draws > 1:
+        scores["frechet_draws"] = draws
+    return scores, first
+
+
+def digits_curve_callback(job: dict, data, config, classifier, curve: list):
+    """train_mixture callback: every job["eval_every"] steps, digits_scores of a finalized copy of the model (alpha
+    and sigma set as at the end of training, from the same points), appended to `curve` and, with
+    job["curve_path"], to that JSONL (flushed: a stopped run keeps its curve). With job["fd_draws"] > 1 each point also
+    has the mean FD of that many sample draws ("frechet_mean"): one draw's FD scatters by about 1 at 449 samples.
+    Evaluation time is not training time."""
+    import copy
+
+    import torch
+
+    from patchreg.charts.training import BatchStream, finalize
+
+    points = BatchStream(data.train.float(), config.batch_size, torch.Generator().manual_seed(config.seed + 1)).draw(
+        min(config.seed_points, 4096))
+
+    def callback(step, model, record):
+        if step % job["eval_every"] and step != config.total_steps:
+            return
+        model_copy = copy.deepcopy(model)
+        finalize(model_copy, points.to(model_copy.log_alpha.dtype), config.train_sigma)
+        scores, _ = digits_scores(model_copy.double(), data, classifier, job["seed"] + 1, job.get("fd_draws", 1))
+        point = {"step": step, "phase": record["phase"], "loss": record["loss"], "train_seconds": record["seconds"],
+                 **{k: v for k, v in scores.items() if k != "class_histogram"}}
+        point["frechet_mean"] = float(sum(scores.get("frechet_draws", [scores["frechet"]])) / job.get("fd_draws", 1))
+        curve.append(point)
+        if job.get("curve_path"):
+            tag = {k: job[k] for k in ("family", "architecture", "seed", "steps")}
+            with open(job["curve_path"], "a") as fh:
+                fh.write(json.dumps({**tag, **point}) + "\n")
+
+    return callback
+
+
+def run_digits(job: dict) -> dict:
+    """Train one digits mixture (job: family, architecture, K, d, seed, data_seed, steps, width, lr, train_sigma;
+    optional eval_every (> 0: the metrics against steps, key "curve"), curve_path, fd_draws) and score it."""
     import torch
 
     torch.set_num_threads(1)
     from patchreg.charts import TrainConfig, build_mixture, train_mixture
     from patchreg.charts.datasets import load_dataset
-    from patchreg.charts.metrics import heldout_nll
 
     data = load_dataset("digits", seed=job["data_seed"])
     torch.manual_seed(job["seed"])
@@ -176,23 +237,19 @@ def run_digits(job: dict) -> dict:
                           sigma=job["train_sigma"])
     q = job["steps"] // 4
     config = TrainConfig(pretrain_steps=q, mixture_steps=job["steps"] - 2 * q, overlap_steps=q, batch_size=128,
-                         lr=job["lr"], train_sigma=job["train_sigma"], seed=job["seed"], seed_points=len(data.train))
-    started = time.time()
-    train_mixture(model, data.train.float(), config, progress=False)
-    seconds = time.time() - started
-    model = model.double()
-    samples, labels = model.sample(len(data.test), torch.Generator().manual_seed(job["seed"] + 1))
+                         lr=job["lr"], train_sigma=job["train_sigma"], seed=job["seed"], seed_points=len(data.train),
+                         log_every=min(50, job.get("eval_every") or 50))
     classifier, _ = digit_classifier(job["data_seed"])
-    features = lambda x: classifier[:4](x).detach().numpy()
-    with torch.no_grad():
-        f_real, f_fake = features(data.test), features(samples)
-        predicted = classifier(samples).argmax(1).numpy()
-    counts = np.bincount(predicted, minlength=10)
-    precision, recall = precision_recall(f_real, f_fake)
-    return {**job, "frechet": frechet_distance(f_real, f_fake), "precision": precision, "recall": recall,
-            "classes_covered": int((counts >= 0.02 * len(samples)).sum()), "class_histogram": counts.tolist(),
-            "heldout_nll": heldout_nll(model, data.test, batch=64), "train_seconds": seconds,
-            "grid": samples[:100].numpy().tolist()}
+    curve = []
+    callback = digits_curve_callback(job, data, config, classifier, curve) if job.get("eval_every") else None
+    started = time.time()
+    history = train_mixture(model, data.train.float(), config, progress=False, callback=callback)
+    seconds = history[-1]["seconds"] if callback else time.time() - started  # without the evaluations' time
+    scores, samples = digits_scores(model.double(), data, classifier, job["seed"] + 1, job.get("fd_draws", 1))
+    result = {**job, **scores, "train_seconds": seconds, "grid": samples[:100].numpy().tolist()}
+    if callback:
+        result["curve"] = curve
+    return result
 
 
 def digits_main(args, command: str) -> int:
