@@ -76,6 +76,14 @@ def reference(seed: int) -> dict:
     return {"frechet": frechet_distance(f_test, f_train), "precision": p, "recall": r, "accuracy": accuracy}
 
 
+def every_text(runs: list[dict]) -> str:
+    """The evaluation interval of each run length, as text ("250 (5000-step runs)", ...)."""
+    every = dict(sorted({r["steps"]: r["eval_every"] for r in runs}.items(), reverse=True))
+    if len(set(every.values())) == 1:
+        return str(next(iter(every.values())))
+    return ", ".join(f"{e} ({s}-step runs)" for s, e in every.items())
+
+
 def plot_curves(runs: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -120,8 +128,8 @@ def write_report(runs: list[dict], args, argv) -> None:
              f"seed {args.data_seed} (classifier test accuracy {ref['accuracy']:.3f}), training seeds as listed. FD: Frechet "
              "distance of 449 samples to the 449 test images in the classifier's 64-D penultimate features; precision/recall: "
              "k = 3 nearest-neighbour balls; held-out NLL in nats per image. Every "
-             f"{args.eval_every} steps a copy of the model is finalized (alpha and sigma as at the end) and scored with the "
-             "same sample seed. Machine: " + MACHINE + "; 1 thread; train s excludes the evaluations.", "",
+             f"{every_text(runs)} steps a copy of the model is finalized (alpha and sigma as at the end) and scored with "
+             "the same sample seeds. Machine: " + MACHINE + "; 1 thread; train s excludes the evaluations.", "",
              f"Reference (449 training images vs the test images): FD {ref['frechet']:.3f}, precision {ref['precision']:.3f}, "
              f"recall {ref['recall']:.3f}.", ""]
     # FD sampling noise: the spread of the final model's FD over 5 sample draws, and of their mean
@@ -136,10 +144,16 @@ def write_report(runs: list[dict], args, argv) -> None:
     for f, a, steps in groups:
         rs = sorted((r for r in runs if (r["family"], r["architecture"], r["steps"]) == (f, a, steps)), key=lambda r: r["seed"])
         lines += [f"### {f} / {a}, {steps} steps", "", "| step | phase | " + " | ".join(f"FD seed {r['seed']}" for r in rs)
-                  + " | " + " | ".join(f"NLL seed {r['seed']}" for r in rs) + " |", "|---|---|" + "---|" * (2 * len(rs))]
+                  + " | FD mean | " + " | ".join(f"NLL seed {r['seed']}" for r in rs) + " | NLL mean | train-image NLL mean |",
+                  "|---|---|" + "---|" * (2 * len(rs) + 3)]
         for i, p in enumerate(rs[0]["curve"]):
+            at = [r["curve"][i] for r in rs if i < len(r["curve"])]
             row = [str(p["step"]), p["phase"]] + [f"{r['curve'][i]['frechet_mean']:.2f}" if i < len(r["curve"]) else "" for r in rs]
+            row.append(f"{np.mean([q['frechet_mean'] for q in at]):.2f}")
             row += [f"{r['curve'][i]['heldout_nll']:.1f}" if i < len(r["curve"]) else "" for r in rs]
+            row.append(f"{np.mean([q['heldout_nll'] for q in at]):.1f}")
+            train = [q["train_nll"] for q in at if "train_nll" in q]  # not in the first runs' curves
+            row.append(f"{np.mean(train):.1f} ({len(train)} seeds)" if train else "-")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
         for r in rs:

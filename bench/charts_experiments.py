@@ -199,6 +199,7 @@ def digits_curve_callback(job: dict, data, config, classifier, curve: list):
 
     import torch
 
+    from patchreg.charts.metrics import heldout_nll
     from patchreg.charts.training import BatchStream, finalize
 
     points = BatchStream(data.train.float(), config.batch_size, torch.Generator().manual_seed(config.seed + 1)).draw(
@@ -212,6 +213,8 @@ def digits_curve_callback(job: dict, data, config, classifier, curve: list):
         scores, _ = digits_scores(model_copy.double(), data, classifier, job["seed"] + 1, job.get("fd_draws", 1))
         point = {"step": step, "phase": record["phase"], "loss": record["loss"], "train_seconds": record["seconds"],
                  **{k: v for k, v in scores.items() if k != "class_histogram"}}
+        # the same NLL on as many training images: a gap that grows with the steps is overfitting
+        point["train_nll"] = heldout_nll(model_copy, data.train[: len(data.test)], batch=64)
         point["frechet_mean"] = float(sum(scores.get("frechet_draws", [scores["frechet"]])) / job.get("fd_draws", 1))
         curve.append(point)
         if job.get("curve_path"):

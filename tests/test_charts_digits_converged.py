@@ -2,6 +2,7 @@
 the curve's steps, that evaluating does not change the training, resuming from the runs' JSONL, the plateau rule."""
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -35,6 +36,7 @@ def test_periodic_evaluation_leaves_training_unchanged():
     plain = run_digits(_job())
     curved = run_digits(_job(eval_every=4, fd_draws=2))
     assert [p["step"] for p in curved["curve"]] == [4, 8]
+    assert all(math.isfinite(p["train_nll"]) for p in curved["curve"])
     assert curved["frechet"] == pytest.approx(plain["frechet"], rel=1e-9)  # same model, same first sample draw
     assert curved["heldout_nll"] == pytest.approx(plain["heldout_nll"], rel=1e-9)
     assert len(curved["frechet_draws"]) == 2 and curved["frechet_draws"][0] == curved["frechet"]
