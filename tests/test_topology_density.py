@@ -47,3 +47,21 @@ def test_maxmin_landmarks_are_farthest_points_and_cover():
     assert radius == pytest.approx(d.min(axis=1).max())
     for i in range(1, 20):  # each new landmark is the farthest from the previous ones
         assert d[chosen[i], :i].min() == pytest.approx(cdist(points, points[chosen[:i]]).min(axis=1).max())
+
+
+def test_chunked_neighbour_distances_resume_from_their_cache(tmp_path):
+    from patchreg.topology.knn import chunked_kth_neighbour_distances, kth_neighbour_distances
+
+    points = np.random.default_rng(5).normal(size=(700, 3))
+    whole, _ = kth_neighbour_distances(points, [2, 5], query_rows=np.arange(450))
+    prefix = tmp_path / "rho"
+    first = chunked_kth_neighbour_distances(points, [5, 2], 250, prefix, chunk=200)
+    np.testing.assert_allclose(first, whole[:250])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rho_c000.npy", "rho_c001.npy"]
+    np.save(tmp_path / "rho_c001.npy", np.full((200, 2), -1.0))  # a longer run reads saved chunks, computes new ones
+    again = chunked_kth_neighbour_distances(points, [2, 5], 450, prefix, chunk=200)
+    np.testing.assert_allclose(again[:200], whole[:200])
+    assert np.all(again[200:400] == -1.0)
+    np.testing.assert_allclose(again[400:], whole[400:450])
+    with pytest.raises(ValueError, match="n_rows"):
+        chunked_kth_neighbour_distances(points, [2], 0, prefix)

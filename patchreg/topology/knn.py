@@ -13,12 +13,14 @@ larger set); a query's own row is excluded (it is its own 0-th neighbour).
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["KDTREE_MAX_DIM", "kth_neighbour_distances", "check_ks"]
+__all__ = ["KDTREE_MAX_DIM", "kth_neighbour_distances", "check_ks", "chunked_kth_neighbour_distances"]
 
 KDTREE_MAX_DIM = 12
 
@@ -88,3 +90,33 @@ def _brute(reference, rows, ks, block, progress):
         smallest = torch.topk(d2, k_max + 1, dim=1, largest=False, sorted=True).values
         out[start : start + len(part)] = smallest[:, index].clamp_min(0.0).sqrt().double().numpy()
     return out
+
+
+def chunked_kth_neighbour_distances(reference: np.ndarray, ks, n_rows: int, cache_prefix, chunk: int = 100_000,
+                                    progress: bool = False) -> np.ndarray:
+    """rho (n_rows, len(ks)) of the first n_rows rows of `reference` against all of it, computed in chunks of
+    `chunk` rows, each saved as <cache_prefix>_c<i>.npy (atomic); chunks already saved are read, so a stopped
+    run resumes and a longer run reuses a shorter one's work (days of kNN on millions of points)."""
+    from tqdm import tqdm
+
+    ks = check_ks(ks, len(reference))
+    n_rows = int(n_rows)
+    if not 0 < n_rows <= len(reference):
+        raise ValueError(f"n_rows must be in [1, {len(reference)}], got {n_rows}")
+    Path(cache_prefix).parent.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in tqdm(range(-(-n_rows // chunk)), disable=not progress, leave=False, desc="kNN chunks"):
+        path = Path(f"{cache_prefix}_c{i:03d}.npy")
+        rows = np.arange(i * chunk, min((i + 1) * chunk, len(reference)))
+        if path.exists():
+            part = np.load(path)
+        else:
+            part, _ = kth_neighbour_distances(reference, ks, query_rows=rows)
+            tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
+            np.save(tmp, part)
+            os.replace(tmp, path)
+        if part.shape != (len(rows), len(ks)):
+            raise ValueError(f"cached chunk {path} has shape {part.shape}, expected {(len(rows), len(ks))}: "
+                             "another reference, ks or chunk size; delete the cache")
+        parts.append(part)
+    return np.concatenate(parts)[:n_rows]
