@@ -125,3 +125,34 @@ def test_any_points_default_core_is_none_and_patch_default_is_auto(tmp_path):
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["core"] is None and verdict["n_core"] == 1000 and verdict["landmarks_used"] == 150
     assert verdict["persistence"]["verdict"] == "torus"
+
+
+def test_witness_complex_names_the_klein_bottle(tmp_path):
+    # the Klein-bottle model through Carlsson et al.'s complex (lazy witness, every point a witness)
+    path = tmp_path / "klein.npy"
+    np.save(path, sample_model("klein", 4000, seed=0, patch_size=3)[0])
+    out = tmp_path / "out"
+    assert main(["topology", "--points", str(path), "--core", "none", "--complex", "witness", "--no-charts",
+                 "--landmarks", "50", "--out", str(out)]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["persistence"]["verdict"] == "Klein bottle" and verdict["complex"] == "witness"
+    assert "persistent homology complex: witness" in (out / "report.md").read_text()
+
+
+def test_orientation_bins_take_the_core_per_orientation(circle_file, tmp_path):
+    out = tmp_path / "out"
+    assert main(["topology", "--points", str(circle_file), "--core", "10,50", "--orientation-bins", "8", "--denoise", "0",
+                 "--no-charts", "--landmarks", "40", "--out", str(out)]) == 0
+    verdict = json.loads((out / "verdict.json").read_text())
+    assert verdict["density"]["orientation_bins"] == 8 and abs(verdict["n_core"] - 300) <= 8  # 50% of each bin
+    assert verdict["persistence"]["verdict"] == "circle"
+    assert "cores per orientation (8 bins)" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--orientation-bins", "-1"], "--orientation-bins must be >= 0"),
+    (["--orientation-bins", "4", "--any-points"], "--orientation-bins needs patch data"),
+])
+def test_bad_persistence_options_are_clear_errors(circle_file, tmp_path, capsys, extra, message):
+    assert main(["topology", "--points", str(circle_file), "--out", str(tmp_path / "o"), "--no-charts"] + extra) == 2
+    assert message in capsys.readouterr().err

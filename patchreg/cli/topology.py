@@ -58,6 +58,12 @@ def register(subparsers) -> None:
     parser.add_argument("--denoise", type=int, default=None,
                         help="replace core points by the mean of their m nearest core neighbours (default: chosen "
                         "with the core under --core auto among 0 and 30, else 0)")
+    parser.add_argument("--complex", default="rips", choices=["rips", "witness"],
+                        help="persistent homology on the landmarks alone (Rips) or on the lazy witness complex with "
+                        "every core point a witness (Carlsson et al.'s complex)")
+    parser.add_argument("--orientation-bins", type=int, default=0,
+                        help="patch data: > 0 takes each core per orientation bin (the q%% densest of every bin), "
+                        "so that orientations rare in the images (diagonals) are not cut out; 0: one global core")
     parser.add_argument("--charts", type=_charts, default="auto", help="number of charts K, or 'auto'")
     parser.add_argument("--chart-dim", default="auto", choices=["auto", "1", "2"])
     parser.add_argument("--landmarks", type=_auto_int, default="auto",
@@ -129,6 +135,10 @@ def _check_args(args):
         raise ValueError(f"--core-ks must be positive, got {args.core_ks}")
     if not all(0 < q <= 100 for q in args.core_qs):
         raise ValueError(f"--core-qs must be percentages in (0, 100], got {args.core_qs}")
+    if args.orientation_bins < 0:
+        raise ValueError(f"--orientation-bins must be >= 0 (0: one global core), got {args.orientation_bins}")
+    if args.orientation_bins > 0 and (args.any_points or args.patch_size < 2):
+        raise ValueError("--orientation-bins needs patch data (not --any-points)")
     if args.images is not None and args.images != "bundled" and not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder")
 
@@ -149,14 +159,14 @@ def _points_and_source(args):
     return points[np.random.default_rng(args.seed).permutation(len(points))], None, None
 
 
-def _landmark_fragility(core_points, n_landmarks, seed, main_name):
+def _landmark_fragility(core_points, n_landmarks, seed, main_name, complex="rips"):
     """The reading again with half the landmarks and with another landmark seed: fragile if any differs."""
     from ..topology.pipeline import homology_from_persistence
 
     others = {}
     for label, n, s in ((f"{max(2, n_landmarks // 2)} landmarks", max(2, n_landmarks // 2), seed),
                         (f"landmark seed {seed + 1}", n_landmarks, seed + 1)):
-        r = homology_from_persistence(core_points, min(n, len(core_points)), s)
+        r = homology_from_persistence(core_points, min(n, len(core_points)), s, complex=complex)
         others[label] = {"verdict": r["name"], "betti": {k: list(v) for k, v in r["betti"].items()},
                          "gap": None if r["gap"] == float("inf") else round(float(r["gap"]), 3)}
     fragile = any(o["verdict"] != main_name for o in others.values()) or main_name.startswith("other (no clear gap")
@@ -219,28 +229,36 @@ def run(args) -> int:
         ks = tuple(k for k in ks if k < min(args.n_reference, n)) or (min(ks),)
         config = ScaleConfig(ks=ks, qs=args.core_qs, n_reference=min(args.n_reference, n),
                              n_queries=min(args.n_queries, n), landmarks=n_landmarks,
-                             denoise_neighbours=(0, 30) if args.denoise is None else (args.denoise,))
+                             denoise_neighbours=(0, 30) if args.denoise is None else (args.denoise,),
+                             complex=args.complex, orientation_bins=args.orientation_bins)
         cache = (Path(args.cache) if args.cache else Path(args.out) / "cache") if cache_key else None
         rows, rho, info = density_estimates(points, config, args.seed, cache, cache_key or "", progress=True)
         print(f"kNN density: {info}")
         query_points = np.asarray(points[rows], dtype=np.float64)
+        theta = None
+        if args.orientation_bins > 0:
+            from ..topology.orientation import patch_orientation
+
+            theta = patch_orientation(query_points, args.patch_size)
         if core == "auto":
-            grid = read_grid(query_points, rho, config, seed=args.seed, progress=True)
+            grid = read_grid(query_points, rho, config, seed=args.seed, progress=True, theta=theta)
             chosen = choose_core(grid)
             k, q, m = chosen["k"], chosen["q"], chosen["denoise"]
             extra["core_grid"] = grid
             extra["core_choice"] = {key: v for key, v in chosen.items() if key != "top_bars"}
         else:
             (k, q), m = core, (args.denoise or 0)
-        core_points = denoise(query_points[core_of(rho, config.ks, k, q)], m)
+        core_points = denoise(query_points[core_of(rho, config.ks, k, q, theta, args.orientation_bins)], m)
         core_label = [k, q]
-        extra["density"] = {**info, "denoise_neighbours": m}
+        extra["density"] = {**info, "denoise_neighbours": m, "orientation_bins": args.orientation_bins}
+    extra["complex"] = args.complex
     result = analyse_points(core_points, core=None, n_landmarks=min(n_landmarks, len(core_points)), n_charts=args.charts,
                             dim=args.chart_dim if args.chart_dim == "auto" else int(args.chart_dim), seed=args.seed,
-                            max_chart_points=args.max_chart_points, charts=not args.no_charts, cover_fitter=fitter)
+                            max_chart_points=args.max_chart_points, charts=not args.no_charts, cover_fitter=fitter,
+                            complex=args.complex)
     result.update(n_points=n, core=core_label, n_core=len(core_points))
     extra["persistence_fragility"] = _landmark_fragility(core_points, min(n_landmarks, len(core_points)), args.seed,
-                                                         result["persistence"]["name"])
+                                                         result["persistence"]["name"], args.complex)
     inputs = {k: v for k, v in vars(args).items() if k != "func"}
     patch_size = None if args.any_points else args.patch_size
     evidence = write_report(result, inputs, args.out, patch_size=patch_size, title=f"p={args.patch_size}, core={core_label}")
@@ -265,7 +283,9 @@ def _extra_markdown(extra) -> str:
     if "density" in extra:
         d = extra["density"]
         lines.append(f"- kNN density: {d['n_queries']} query points against {d['n_reference']} reference points, "
-                     f"{d.get('method', 'cached')}, {d['seconds']} s; denoising neighbours {d['denoise_neighbours']}")
+                     f"{d.get('method', 'cached')}, {d['seconds']} s; denoising neighbours {d['denoise_neighbours']}"
+                     + (f"; cores per orientation ({d['orientation_bins']} bins)" if d.get("orientation_bins") else ""))
+    lines.append(f"- persistent homology complex: {extra.get('complex', 'rips')}")
     if "core_choice" in extra:
         c = extra["core_choice"]
         lines.append(f"- core chosen: X({c['k']}, {c['q']:g}), denoise {c['denoise']} ({c['reason']}; gap {c['gap']})"

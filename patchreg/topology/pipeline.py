@@ -1,7 +1,8 @@
 """End to end: points on the patch sphere -> density core -> homology two ways -> verdicts.
 
-1. Persistent homology: maxmin landmarks of the core, Rips barcodes over Z/2 and Z/3, Betti
-   numbers by the rule of persistence.py, named by verdict.name_topology.
+1. Persistent homology: maxmin landmarks of the core, Rips barcodes over Z/2 and Z/3 (or the lazy
+   witness complex of witness.py with every core point a witness), Betti numbers by the rule of
+   persistence.py, named by verdict.name_topology.
 2. Chart nerve: a chart cover (local PCA by default; any ChartCover plugs in) is scanned over a
    fixed range of overlap thresholds tau (DEFAULT_TAUS, the same for every dataset, stopping
    early once points lie in more than MAX_CHARTS_PER_POINT charts on average: the nerve then
@@ -26,6 +27,7 @@ from .landmarks import maxmin_landmarks
 from .nerve import nerve_summary
 from .persistence import BettiRule, compute_barcodes, read_betti, top_lengths
 from .verdict import name_topology, stable_verdict
+from .witness import witness_barcodes
 
 __all__ = [
     "DEFAULT_TAUS",
@@ -107,10 +109,22 @@ def homology_from_charts(points, n_charts="auto", dim="auto", seed: int = 0, tau
     }
 
 
-def homology_from_persistence(points, n_landmarks: int = 150, seed: int = 0, maxdim: int = 2, rule: BettiRule = BettiRule()) -> dict:
+COMPLEXES = ("rips", "witness")
+
+
+def homology_from_persistence(points, n_landmarks: int = 150, seed: int = 0, maxdim: int = 2, rule: BettiRule = BettiRule(),
+                              complex: str = "rips") -> dict:
+    """Barcodes of maxmin landmarks, read by the rule. complex: "rips" (the landmarks alone) or "witness"
+    (the lazy witness complex of witness.py, every point a witness: Carlsson et al.'s complex)."""
+    if complex not in COMPLEXES:
+        raise ValueError(f"complex must be one of {COMPLEXES}, got {complex!r}")
     points = np.asarray(points, dtype=np.float64)
-    landmarks, radius = maxmin_landmarks(points, n_landmarks, seed)
-    barcodes = compute_barcodes(points[landmarks], maxdim=maxdim, covering_radius=radius)
+    if complex == "witness":
+        barcodes, landmarks = witness_barcodes(points, n_landmarks, seed, maxdim=maxdim)
+        radius = barcodes.covering_radius
+    else:
+        landmarks, radius = maxmin_landmarks(points, n_landmarks, seed)
+        barcodes = compute_barcodes(points[landmarks], maxdim=maxdim, covering_radius=radius)
     reading = read_betti(barcodes, rule)
     name = name_topology(reading["betti"]["Z2"], reading["betti"]["Z3"])
     if not reading["reliable"]:
@@ -119,6 +133,7 @@ def homology_from_persistence(points, n_landmarks: int = 150, seed: int = 0, max
         "name": name,
         **reading,
         "n_landmarks": len(landmarks),
+        "complex": complex,
         "covering_radius": radius,
         "top_bars": top_lengths(barcodes),
         "barcodes": barcodes,
@@ -136,6 +151,7 @@ def analyse_points(
     max_chart_points: int = 8000,
     charts: bool = True,
     cover_fitter=None,
+    complex: str = "rips",
 ) -> dict:
     """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict.
     cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts)."""
@@ -147,7 +163,7 @@ def analyse_points(
     else:
         core_points = points
     result = {"n_points": len(points), "core": None if core is None else list(core), "n_core": len(core_points)}
-    result["persistence"] = homology_from_persistence(core_points, n_landmarks, seed)
+    result["persistence"] = homology_from_persistence(core_points, n_landmarks, seed, complex=complex)
     if charts:
         rng = np.random.default_rng(seed)
         subset = core_points

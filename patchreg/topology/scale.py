@@ -42,6 +42,8 @@ class ScaleConfig:
     landmarks: int = 400
     denoise_neighbours: tuple = (0, 30)  # 0: the raw core
     seeds: tuple = (0, 1, 2)
+    complex: str = "rips"  # or "witness": pipeline.homology_from_persistence
+    orientation_bins: int = 0  # > 0: cores taken per orientation bin (orientation.stratified_core)
 
     def check(self):
         if min(self.ks) < 1 or any(int(k) != k for k in self.ks):
@@ -54,6 +56,10 @@ class ScaleConfig:
             raise ValueError(f"k={max(self.ks)} needs more than k reference points, n_reference={self.n_reference}")
         if self.grid_landmarks < 2 or self.landmarks < 2:
             raise ValueError("landmarks must be >= 2")
+        if self.complex not in ("rips", "witness"):
+            raise ValueError(f"complex must be 'rips' or 'witness', got {self.complex!r}")
+        if self.orientation_bins < 0:
+            raise ValueError(f"orientation_bins must be >= 0 (0: one global core), got {self.orientation_bins}")
         return self
 
     def to_dict(self):
@@ -86,11 +92,18 @@ def density_estimates(points, config: ScaleConfig, seed: int, cache_dir=None, ca
     return rows, rho, {**info, "cached": False}
 
 
-def core_of(rho: np.ndarray, ks, k: int, q: float) -> np.ndarray:
-    """Indices (into the query rows) of X(k, q): the q% smallest rho_k."""
+def core_of(rho: np.ndarray, ks, k: int, q: float, theta: np.ndarray | None = None, bins: int = 0) -> np.ndarray:
+    """Indices (into the query rows) of X(k, q): the q% smallest rho_k; with theta (the points' orientations)
+    and bins > 0, the q% smallest of each orientation bin instead (orientation.stratified_core)."""
     ks = sorted(set(int(x) for x in ks))
     if k not in ks:
         raise ValueError(f"k={k} is not in the estimated ks {ks}")
+    if bins > 0:
+        if theta is None:
+            raise ValueError("an orientation-stratified core needs the points' orientations (theta)")
+        from .orientation import stratified_core
+
+        return stratified_core(rho[:, ks.index(k)], theta, q, bins)
     n = max(1, int(round(q / 100.0 * len(rho))))
     return np.sort(np.argsort(rho[:, ks.index(k)], kind="stable")[:n])
 
@@ -123,16 +136,17 @@ def _reading_row(k, q, m, n_core, reading, seconds):
 
 
 def read_grid(query_points: np.ndarray, rho: np.ndarray, config: ScaleConfig, seed: int = 0,
-              progress: bool = False) -> list[dict]:
-    """The persistent-homology reading of every core of the grid (and each denoising variant)."""
+              progress: bool = False, theta: np.ndarray | None = None) -> list[dict]:
+    """The persistent-homology reading of every core of the grid (and each denoising variant);
+    theta: the query points' orientations, needed when config.orientation_bins > 0."""
     from tqdm import tqdm
 
     cells = [(k, q, m) for k in sorted(set(config.ks)) for q in config.qs for m in config.denoise_neighbours]
     rows = []
     for k, q, m in tqdm(cells, disable=not progress, leave=False, desc="core grid"):
         start = time.time()
-        core = denoise(query_points[core_of(rho, config.ks, k, q)], m)
-        reading = homology_from_persistence(core, min(config.grid_landmarks, len(core)), seed)
+        core = denoise(query_points[core_of(rho, config.ks, k, q, theta, config.orientation_bins)], m)
+        reading = homology_from_persistence(core, min(config.grid_landmarks, len(core)), seed, complex=config.complex)
         rows.append(_reading_row(k, q, m, len(core), reading, time.time() - start))
     return rows
 
