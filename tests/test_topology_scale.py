@@ -117,3 +117,12 @@ def test_choose_core_prefers_reliable_large_gaps_and_flags_fragile():
             {"gap": 2.0, "reliable": True, "n_core": 20, "name": "c"}]
     assert choose_core(rows)["name"] == "a" and not choose_core(rows)["fragile"]
     assert choose_core([rows[1]])["fragile"]
+
+
+def test_choose_core_prefers_a_named_reading_to_a_larger_unnamed_gap():
+    rows = [{"gap": 4.3, "reliable": True, "n_core": 10, "name": "other (Betti Z/2 (2, 5, 0), Z/3 (2, 5, 0))"},
+            {"gap": 3.6, "reliable": True, "n_core": 10, "name": "circle"},
+            {"gap": 9.0, "reliable": False, "n_core": 10, "name": "torus"}]
+    chosen = choose_core(rows)
+    assert chosen["name"] == "circle" and "name a topology" in chosen["reason"] and not chosen["fragile"]
+    assert choose_core(rows[:1])["name"].startswith("other") and "none names" in choose_core(rows[:1])["reason"]

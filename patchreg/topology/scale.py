@@ -10,8 +10,10 @@ atomic), so a rerun resumes.
 
 Core choice (`choose_core`), the same rule for every dataset: every core of the (k, q) grid is
 read by persistent homology (Rips on maxmin landmarks, the long-bar rule of persistence.py), and
-the core whose reading is reliable with the largest gap (shortest long bar / longest short bar)
-wins; when no reading is reliable, the largest gap wins and the choice is flagged fragile.
+among the reliable readings that name a topology (not "other": at p = 4 the old rule took an
+unnamed (2, 5, 0) with gap 4.3 over a circle with gap 3.6) the largest gap (shortest long bar /
+longest short bar) wins; failing those, the largest gap among reliable readings; when no reading is
+reliable, the largest gap wins and the choice is flagged fragile.
 Denoising (optional, `denoise`): each core point replaced by the mean of its m nearest core
 neighbours, put back on the sphere (one step of local averaging, which thins the noisy shell
 around the dense manifold; measured on p = 3 it sharpens the circles' bars).
@@ -157,11 +159,13 @@ def choose_core(grid: list[dict]) -> dict:
         raise ValueError("the core grid is empty")
     gap = lambda r: r["gap"] if r["gap"] is not None else 0.0  # noqa: E731
     reliable = [r for r in grid if r["reliable"]]
-    pool = reliable or grid
+    named = [r for r in reliable if not r["name"].startswith("other")]
+    pool = named or reliable or grid
     best = max(pool, key=lambda r: (gap(r), r["n_core"]))
-    return {**best, "fragile": not reliable,
-            "reason": ("largest gap among reliable readings" if reliable else
-                       "no core gave a reliable reading: largest gap, flagged fragile")}
+    reason = ("largest gap among reliable readings that name a topology" if named else
+              "largest gap among reliable readings (none names a topology)" if reliable else
+              "no core gave a reliable reading: largest gap, flagged fragile")
+    return {**best, "fragile": not reliable, "reason": reason}
 
 
 def seed_readings(readings: list[dict]) -> dict:
