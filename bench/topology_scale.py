@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 from patchreg.topology.cover import fit_local_pca_cover  # noqa: E402
 from patchreg.topology.model_fit import distance_summary, project_to_model  # noqa: E402
+from patchreg.topology.orientation import patch_orientation  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes  # noqa: E402
 from patchreg.topology.pipeline import homology_from_charts, homology_from_persistence  # noqa: E402
@@ -55,6 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--denoise", default="0,30", help="denoising neighbours tried in the grid (0: raw core)")
     p.add_argument("--grid-landmarks", type=int, default=150, help="landmarks of the core-grid readings")
     p.add_argument("--landmarks", type=int, default=300, help="landmarks of the chosen core's readings per seed")
+    p.add_argument("--complex", default="rips", choices=["rips", "witness"], help="persistent-homology complex")
+    p.add_argument("--orientation-bins", type=int, default=0, help="> 0: cores per orientation bin (0: global cores)")
     p.add_argument("--learned-p", default="3", help="patch sizes that also get the learned chart nerve")
     p.add_argument("--learned-steps", type=int, default=300)
     p.add_argument("--charts", type=int, default=24, help="K for both chart covers (d = 2)")
@@ -83,16 +86,19 @@ def run_patch_size(p, args, fig_dir):
     config = ScaleConfig(ks=tuple(int(k) for k in args.ks.split(",")), qs=tuple(float(q) for q in args.qs.split(",")),
                          denoise_neighbours=tuple(int(m) for m in args.denoise.split(",")),
                          n_reference=args.n_reference, n_queries=args.n_queries, grid_landmarks=args.grid_landmarks,
-                         landmarks=args.landmarks, seeds=tuple(args.seed + i for i in range(3))).check()
+                         landmarks=args.landmarks, seeds=tuple(args.seed + i for i in range(3)), complex=args.complex,
+                         orientation_bins=args.orientation_bins).check()
     cache_key = pset.path.name
     seeds = {}
     for s in config.seeds:
         rows, rho, info = density_estimates(points, config, s, args.cache, cache_key)
-        seeds[s] = (np.asarray(points[rows], dtype=np.float64), rho, info)
+        query_points = np.asarray(points[rows], dtype=np.float64)
+        theta = patch_orientation(query_points, p) if config.orientation_bins else None
+        seeds[s] = (query_points, rho, info, theta)
         print(f"p={p} seed {s}: kNN {info}", flush=True)
     s0 = config.seeds[0]
     t = time.time()
-    grid = read_grid(seeds[s0][0], seeds[s0][1], config, seed=s0)
+    grid = read_grid(seeds[s0][0], seeds[s0][1], config, seed=s0, theta=seeds[s0][3])
     grid_seconds = time.time() - t
     chosen = choose_core(grid)
     print(f"p={p} grid {grid_seconds:.0f}s, chosen X({chosen['k']},{chosen['q']:g}) denoise {chosen['denoise']}: "
@@ -101,9 +107,9 @@ def run_patch_size(p, args, fig_dir):
     ph_rows, pca_rows, learned_rows = [], [], []
     learned = str(p) in args.learned_p.split(",")
     for s in config.seeds:
-        qp, rho, _ = seeds[s]
-        core = denoise(qp[core_of(rho, config.ks, k, q)], m)
-        ph = homology_from_persistence(core, min(config.landmarks, len(core)), s)
+        qp, rho, _, theta = seeds[s]
+        core = denoise(qp[core_of(rho, config.ks, k, q, theta, config.orientation_bins)], m)
+        ph = homology_from_persistence(core, min(config.landmarks, len(core)), s, complex=config.complex)
         ph_rows.append({"seed": s, "name": ph["name"], "betti_Z2": list(ph["betti"]["Z2"]), "betti_Z3": list(ph["betti"]["Z3"]),
                         "gap": None if not np.isfinite(ph["gap"]) else round(float(ph["gap"]), 3), "reliable": ph["reliable"],
                         "top_bars": ph["top_bars"], "n_landmarks": ph["n_landmarks"]})
@@ -129,8 +135,8 @@ def run_patch_size(p, args, fig_dir):
               f"pca {pca_rows[-1]['name']} {pca_rows[-1]['betti_Z2']}/{pca_rows[-1]['betti_Z3']} or={pca_rows[-1]['orientable']}"
               + (f"; learned {learned_rows[-1]['name']} {learned_rows[-1]['betti_Z2']}/{learned_rows[-1]['betti_Z3']} "
                  f"or={learned_rows[-1]['orientable']} ({learned_rows[-1]['seconds']}s)" if learned else ""), flush=True)
-    core0 = denoise(seeds[s0][0][core_of(seeds[s0][1], config.ks, k, q)], m)
-    raw0 = seeds[s0][0][core_of(seeds[s0][1], config.ks, k, q)]
+    raw0 = seeds[s0][0][core_of(seeds[s0][1], config.ks, k, q, seeds[s0][3], config.orientation_bins)]
+    core0 = denoise(raw0, m)
     fit = {}
     for name, pts in (("core", raw0), ("core_denoised", core0), ("all", seeds[s0][0])):
         fit[name] = {model: distance_summary(project_to_model(pts, p, model)[0]) for model in ("klein", "three-circle")}
