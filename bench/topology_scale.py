@@ -2,12 +2,14 @@
 
 Per patch size p:
 1. the high-contrast patch set of every patch of every train400 image (patchsets.py; cached .npy);
-2. three seeds, each an independent query sample whose rho_k is estimated against a fixed
-   reference subsample (scale.py; kNN times reported);
-3. seed 0: every core X(k, q) of the grid read by persistent homology (raw and denoised); the core
-   is chosen by the documented rule (scale.choose_core);
-4. that core, for every seed: persistent homology (more landmarks), the nerve of a local-PCA cover
-   and (p in --learned-p) of a learned FIF chart mixture, d = 2, with orientability;
+2. seeds, each an independent query sample whose rho_k is estimated against a fixed reference
+   subsample (scale.py; kNN times reported): --selection-seeds of them choose the core, three others
+   (held out) give the verdicts;
+3. selection seeds: every core X(k, q) of the grid read by persistent homology (raw and denoised) on
+   each; the core is chosen by scale.choose_core_over_seeds (the same reliable named reading on every
+   selection seed, largest smallest gap; otherwise flagged fragile);
+4. that core, for every held-out seed: persistent homology (more landmarks), the nerve of a local-PCA
+   cover and (p in --learned-p) of a learned FIF chart mixture, d = 2, with orientability;
 5. distances of the core points (and of all points) to the Klein-bottle and three-circle models.
 Writes bench/results/topology_scale.md/.json and figures under bench/results/topology_scale/.
 
@@ -38,7 +40,7 @@ from patchreg.topology.patchsets import build_patch_set  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes  # noqa: E402
 from patchreg.topology.pipeline import homology_from_charts, homology_from_persistence  # noqa: E402
 from patchreg.topology.report import plot_chart_patches, plot_klein_square  # noqa: E402
-from patchreg.topology.scale import ScaleConfig, choose_core, core_of, denoise, density_estimates, read_grid, seed_readings  # noqa: E402
+from patchreg.topology.scale import ScaleConfig, choose_core_over_seeds, core_of, denoise, density_estimates, read_grid, seed_readings  # noqa: E402
 
 IMAGES = ROOT.parent / "shared" / "data" / "natural" / "train400"
 
@@ -47,7 +49,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", default=str(IMAGES))
     p.add_argument("--cache", required=True, help="cache folder for patch sets and kNN estimates (not in git)")
-    p.add_argument("--seed", type=int, default=0, help="first of the three seeds")
+    p.add_argument("--seed", type=int, default=0, help="first seed: selection seeds, then the three held-out seeds")
+    p.add_argument("--selection-seeds", type=int, default=3, help="seeds whose grids choose the core")
     p.add_argument("--patch-sizes", default="3,4,5,6,7,8")
     p.add_argument("--n-reference", type=int, default=100_000)
     p.add_argument("--n-queries", type=int, default=10_000)
@@ -86,21 +89,23 @@ def run_patch_size(p, args, fig_dir):
     config = ScaleConfig(ks=tuple(int(k) for k in args.ks.split(",")), qs=tuple(float(q) for q in args.qs.split(",")),
                          denoise_neighbours=tuple(int(m) for m in args.denoise.split(",")),
                          n_reference=args.n_reference, n_queries=args.n_queries, grid_landmarks=args.grid_landmarks,
-                         landmarks=args.landmarks, seeds=tuple(args.seed + i for i in range(3)), complex=args.complex,
-                         orientation_bins=args.orientation_bins).check()
+                         landmarks=args.landmarks, seeds=tuple(args.seed + args.selection_seeds + i for i in range(3)),
+                         complex=args.complex, orientation_bins=args.orientation_bins).check()
     cache_key = pset.path.name
+    selection = tuple(args.seed + i for i in range(args.selection_seeds))
     seeds = {}
-    for s in config.seeds:
+    for s in selection + config.seeds:
         rows, rho, info = density_estimates(points, config, s, args.cache, cache_key)
         query_points = np.asarray(points[rows], dtype=np.float64)
         theta = patch_orientation(query_points, p) if config.orientation_bins else None
         seeds[s] = (query_points, rho, info, theta)
         print(f"p={p} seed {s}: kNN {info}", flush=True)
-    s0 = config.seeds[0]
+    s0 = config.seeds[0]  # the first held-out seed: figures and model fit
     t = time.time()
-    grid = read_grid(seeds[s0][0], seeds[s0][1], config, seed=s0, theta=seeds[s0][3])
+    grids = [read_grid(seeds[s][0], seeds[s][1], config, seed=s, theta=seeds[s][3]) for s in selection]
     grid_seconds = time.time() - t
-    chosen = choose_core(grid)
+    grid = grids[0]
+    chosen = choose_core_over_seeds(grids)
     print(f"p={p} grid {grid_seconds:.0f}s, chosen X({chosen['k']},{chosen['q']:g}) denoise {chosen['denoise']}: "
           f"{chosen['name']} gap {chosen['gap']}", flush=True)
     k, q, m = chosen["k"], chosen["q"], chosen["denoise"]
@@ -142,7 +147,10 @@ def run_patch_size(p, args, fig_dir):
         fit[name] = {model: distance_summary(project_to_model(pts, p, model)[0]) for model in ("klein", "three-circle")}
     return {
         "patch_size": p, "patch_set": pset.meta, "n_points": len(points), "config": config.to_dict(),
-        "knn": {s: seeds[s][2] for s in config.seeds}, "grid": grid, "grid_seconds": round(grid_seconds, 1),
+        "knn": {s: seeds[s][2] for s in selection + config.seeds}, "grid": grid, "grid_seconds": round(grid_seconds, 1),
+        "selection_seeds": list(selection), "held_out_seeds": list(config.seeds),
+        "grid_names_over_selection_seeds": {f"{g['k']},{g['q']:g},{g['denoise']}": [gg["name"] for gg in col]
+                                            for g, col in zip(grid, zip(*grids))},
         "chosen_core": {kk: v for kk, v in chosen.items() if kk != "top_bars"},
         "persistence": ph_rows, "persistence_stability": seed_readings(ph_rows),
         "nerve_pca": pca_rows, "nerve_pca_stability": seed_readings([{**r, "reliable": r["stable_in_tau"]} for r in pca_rows]),
@@ -197,8 +205,14 @@ def markdown(results, command, fig_dir):
                      f"{c['n_core']} | {ph} | {r['persistence_stability']['verdict']}, {r['persistence_stability']['stable']} | "
                      f"{pca} | {r['nerve_pca_stability']['verdict']}, {r['nerve_pca_stability']['stable']} | {lr} | {lv} | "
                      f"{fk['q50']} ({fk['q90']}) | {f3['q50']} ({f3['q90']}) |")
+    lines += [""]
+    for p in sorted(results, key=int):
+        r, c = results[p], results[p]["chosen_core"]
+        if "selection_seeds" in r:
+            lines.append(f"- p = {p}: core chosen on selection seeds {r['selection_seeds']} ({c['reason']}; gaps there "
+                         f"{c.get('selection_gaps')}); the PH and nerve columns are the held-out seeds {r['held_out_seeds']}.")
     lines += ["", "Core points: of the seed's query sample (n_queries); k counts neighbours in the reference subsample.",
-              "Model fit: chord distance on the patch sphere of the raw core points (seed 0) to the nearest model patch.", ""]
+              "Model fit: chord distance on the patch sphere of the raw core points (first held-out seed) to the nearest model patch.", ""]
     lines += ["## Patch sets and kNN times", "", "| p | images | all patches | kept (top 20%) | build (s) | kNN method | kNN (s) per seed |",
               "|---|---|---|---|---|---|---|"]
     for p in sorted(results, key=int):
@@ -208,7 +222,7 @@ def markdown(results, command, fig_dir):
         lines.append(f"| {p} | {m['n_images']} | {m['n_patches_total']:,} | {m['n_points']:,} | {m['build_seconds']} | "
                      f"{knn[0].get('method', 'cached')} ({knn[0]['n_queries']} queries x {knn[0]['n_reference']} reference) | "
                      f"{', '.join(str(x['seconds']) for x in knn)} |")
-    lines += ["", "## Model fit per p (seed 0): chord distance to the nearest model patch, median (q10-q90)", "",
+    lines += ["", "## Model fit per p (first held-out seed): chord distance to the nearest model patch, median (q10-q90)", "",
               "| p | core -> Klein | core -> three-circle | denoised core -> Klein | all points -> Klein | all points -> three-circle |",
               "|---|---|---|---|---|---|"]
     f = lambda s: f"{s['q50']} ({s['q10']}-{s['q90']})"  # noqa: E731
@@ -216,15 +230,19 @@ def markdown(results, command, fig_dir):
         m = results[p]["model_fit"]
         lines.append(f"| {p} | {f(m['core']['klein'])} | {f(m['core']['three-circle'])} | {f(m['core_denoised']['klein'])} | "
                      f"{f(m['all']['klein'])} | {f(m['all']['three-circle'])} |")
-    lines += ["", "## Core grid (seed 0, persistent homology, grid landmarks)", ""]
+    lines += ["", "## Core grid (first selection seed, persistent homology, grid landmarks; last column: the reading on "
+              "every selection seed)", ""]
     for p in sorted(results, key=int):
         r = results[p]
-        lines += [f"### p = {p} (grid {r['grid_seconds']} s)", "", "| k | q% | denoise | points | Betti Z/2 / Z/3 | gap | reliable | verdict | top H1 Z/2 | top H1 Z/3 | top H2 Z/2 | top H2 Z/3 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        over = r.get("grid_names_over_selection_seeds", {})
+        lines += [f"### p = {p} (grid {r['grid_seconds']} s)", "", "| k | q% | denoise | points | Betti Z/2 / Z/3 | gap | reliable | verdict | top H1 Z/2 | top H1 Z/3 | top H2 Z/2 | top H2 Z/3 | selection seeds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for g in r["grid"]:
             tb = g["top_bars"]
+            names = over.get(f"{g['k']},{g['q']:g},{g['denoise']}", [])
+            short = "; ".join(n if not n.startswith("other") else "other" for n in names) or "-"
             lines.append(f"| {g['k']} | {g['q']:g} | {g['denoise']} | {g['n_core']} | {_b(g)} | {g['gap']} | {g['reliable']} | "
-                         f"{g['name']} | {tb['Z2 H1'][:4]} | {tb['Z3 H1'][:4]} | {tb['Z2 H2'][:3]} | {tb['Z3 H2'][:3]} |")
+                         f"{g['name']} | {tb['Z2 H1'][:4]} | {tb['Z3 H1'][:4]} | {tb['Z2 H2'][:3]} | {tb['Z3 H2'][:3]} | {short} |")
         lines.append("")
     lines += ["## Figures", ""]
     for p in sorted(results, key=int):

@@ -11,7 +11,7 @@ from patchreg.topology.model_fit import klein_grid, project_to_model
 from patchreg.topology.models import polynomial_patches, sample_model
 from patchreg.topology.patchsets import build_patch_set
 from patchreg.topology.preprocessing import image_patches, log_intensity, patches_to_sphere
-from patchreg.topology.scale import ScaleConfig, choose_core, core_of, denoise, density_estimates, read_grid
+from patchreg.topology.scale import ScaleConfig, choose_core, choose_core_over_seeds, core_of, denoise, density_estimates, read_grid
 
 
 @pytest.fixture()
@@ -126,3 +126,20 @@ def test_choose_core_prefers_a_named_reading_to_a_larger_unnamed_gap():
     chosen = choose_core(rows)
     assert chosen["name"] == "circle" and "name a topology" in chosen["reason"] and not chosen["fragile"]
     assert choose_core(rows[:1])["name"].startswith("other") and "none names" in choose_core(rows[:1])["reason"]
+
+
+def _cell(k, name, gap, reliable=True, n=100):
+    return {"k": k, "q": 10.0, "denoise": 0, "name": name, "gap": gap, "reliable": reliable, "n_core": n}
+
+
+def test_choose_core_over_seeds_wants_agreement_not_one_large_gap():
+    grids = [[_cell(15, "three-circle model", 9.5), _cell(50, "three-circle model", 3.0)],
+             [_cell(15, "three-circle model", 6.8), _cell(50, "three-circle model", 2.5)],
+             [_cell(15, "other (Betti Z/2 (2, 4, 0), Z/3 (2, 4, 0))", 1.9), _cell(50, "three-circle model", 3.6)]]
+    chosen = choose_core_over_seeds(grids)
+    assert chosen["k"] == 50 and chosen["gap"] == 2.5 and not chosen["fragile"] and chosen["selection_gaps"] == [3.0, 2.5, 3.6]
+    grids[2][1] = _cell(50, "circle", 3.6)  # no cell agrees any more: seed 0's rule, flagged
+    fallback = choose_core_over_seeds(grids)
+    assert fallback["k"] == 15 and fallback["fragile"] and "no cell agreed" in fallback["reason"]
+    grids[1][1] = _cell(50, "three-circle model", 2.5, reliable=False)
+    assert choose_core_over_seeds(grids)["fragile"]

@@ -31,7 +31,8 @@ import numpy as np
 from .knn import kth_neighbour_distances
 from .pipeline import homology_from_persistence
 
-__all__ = ["ScaleConfig", "density_estimates", "core_of", "denoise", "read_grid", "choose_core", "seed_readings"]
+__all__ = ["ScaleConfig", "density_estimates", "core_of", "denoise", "read_grid", "choose_core", "choose_core_over_seeds",
+           "seed_readings"]
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,34 @@ def choose_core(grid: list[dict]) -> dict:
               "largest gap among reliable readings (none names a topology)" if reliable else
               "no core gave a reliable reading: largest gap, flagged fragile")
     return {**best, "fragile": not reliable, "reason": reason}
+
+
+def choose_core_over_seeds(grids: list[list[dict]]) -> dict:
+    """The core chosen from the grids of several selection seeds (one grid per seed, same cells): among the
+    cells whose reading is reliable and names the same topology on every seed, the largest smallest gap.
+    A large gap on one seed is often a tiny, fragile core (X(15, 10) at p = 3 read (2, 4, 0) on a third
+    seed); agreement over independent samples is what a verdict needs. Without such a cell, choose_core on
+    the first seed's grid, flagged fragile. Verdicts are then read on other (held-out) seeds."""
+    if not grids or not grids[0]:
+        raise ValueError("need at least one non-empty grid")
+    key = lambda r: (r["k"], r["q"], r["denoise"])  # noqa: E731
+    by_cell = {}
+    for grid in grids:
+        for r in grid:
+            by_cell.setdefault(key(r), []).append(r)
+    agreeing = []
+    for cell, rows in by_cell.items():
+        names = {r["name"] for r in rows}
+        if (len(rows) == len(grids) and len(names) == 1 and all(r["reliable"] for r in rows)
+                and not rows[0]["name"].startswith("other")):
+            agreeing.append((min(r["gap"] or 0.0 for r in rows), rows[0]["n_core"], rows))
+    if agreeing:
+        min_gap, _, rows = max(agreeing, key=lambda t: (t[0], t[1]))
+        return {**rows[0], "gap": min_gap, "fragile": False, "selection_gaps": [r["gap"] for r in rows],
+                "reason": f"same reliable named reading on all {len(grids)} selection seeds, largest smallest gap"}
+    chosen = choose_core(grids[0])
+    return {**chosen, "fragile": True, "selection_gaps": [r["gap"] for r in by_cell[key(chosen)]],
+            "reason": f"no cell agreed over the {len(grids)} selection seeds: {chosen['reason']} (first seed), flagged fragile"}
 
 
 def seed_readings(readings: list[dict]) -> dict:
