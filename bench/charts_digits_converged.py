@@ -85,7 +85,7 @@ def every_text(runs: list[dict]) -> str:
     return ", ".join(f"{e} ({s}-step runs)" for s, e in every.items())
 
 
-def plot_curves(runs: list[dict], path: Path) -> None:
+def plot_curves(runs: list[dict], path: Path, ref_fd: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,7 +99,8 @@ def plot_curves(runs: list[dict], path: Path) -> None:
             label = f"{f}/{a} ({steps} steps)" if r["seed"] == min(q["seed"] for q in runs) else None
             axes[0].plot(x, [p["frechet_mean"] for p in r["curve"]], color=f"C{i}", marker=".", label=label, alpha=0.8)
             axes[1].plot(x, [p["heldout_nll"] for p in r["curve"]], color=f"C{i}", marker=".", alpha=0.8)
-    axes[0].set(xlabel="step", ylabel="FD, mean of 5 draws of 449 samples", yscale="log", title="FD against steps (one line per seed)")
+    axes[0].axhline(ref_fd, color="k", ls="--", lw=1, label="training vs test images")
+    axes[0].set(xlabel="step", ylabel="FD, mean of 5 draws of 449 samples", ylim=(0, None), title="FD against steps (one line per seed)")
     axes[1].set(xlabel="step", ylabel="held-out NLL (nats / image)", title="held-out NLL against steps")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -183,7 +184,7 @@ def write_report(runs: list[dict], args, argv) -> None:
     tail = previous_reading(out)
     out.write_text("\n".join(lines) + "\n" + tail)
     out.with_suffix(".json").write_text(json.dumps({"reference": ref, "fd_sampling_noise": noise, "runs": runs}, indent=1) + "\n")
-    plot_curves(runs, out.with_suffix(".png"))
+    plot_curves(runs, out.with_suffix(".png"), ref["frechet"])
     print("\n".join(lines))
 
 
