@@ -43,6 +43,7 @@ from patchreg.topology.density import density_core  # noqa: E402
 from patchreg.topology.knn import chunked_kth_neighbour_distances  # noqa: E402
 from patchreg.topology.orientation import orientation_shares, patch_orientation, stratified_core  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
+from patchreg.topology.report import betti_text  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes, read_betti, top_lengths  # noqa: E402
 from patchreg.topology.preprocessing import load_points  # noqa: E402
 from patchreg.topology.scale import denoise  # noqa: E402
@@ -194,10 +195,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _betti(r):
-    return f"{tuple(r['betti_Z2'])} / {tuple(r['betti_Z3'])}"
-
-
 def markdown(results, command, fig_dir):
     a, chosen = results["args"], results["chosen"]
     meta = results["patch_set"]
@@ -227,7 +224,7 @@ def markdown(results, command, fig_dir):
     pick = [r for r in rows if (r["kind"], r["q"], r["L"]) == (chosen["kind"], chosen["q"], chosen["L"])]
     for r in pick:
         role = "selection" if r["subsample"] == 0 else "held out"
-        lines.append(f"| {r['subsample']} | {role} | {r['n_core']:,} | {_betti(r)} | {tuple(r['z2_excess'])} | {r['gap']} | "
+        lines.append(f"| {r['subsample']} | {role} | {r['n_core']:,} | {betti_text(r)} | {tuple(r['z2_excess'])} | {r['gap']} | "
                      f"{r['name']} | {r['H1'][0]} ; {r['H1'][1]} | {r['H2'][0]} ; {r['H2'][1]} |")
     held = [r for r in pick if r["subsample"] > 0]
     lines += ["", f"Held out: Klein-bottle Betti numbers in {sum(r['named'] == 'Klein bottle' for r in held)} of {len(held)}, "
@@ -242,12 +239,12 @@ def markdown(results, command, fig_dir):
         klein = [r for r in rs if r["named"] == "Klein bottle"]
         lines.append(f"| {kind} | {q:g} | {L} | {len(klein)} of {len(rs)} | {sum(r['reliable'] for r in klein)} | "
                      f"{sum(r['z2_excess'] == [0, 1, 1] for r in rs)} of {len(rs)} | "
-                     + "; ".join(f"{r['subsample']}: {r['named'][:28]} {_betti(r)} {r['gap']}" for r in rs) + " |")
+                     + "; ".join(f"{r['subsample']}: {r['named'][:28]} {betti_text(r)} {r['gap']}" for r in rs) + " |")
     if results["nerve"]:
         lines += ["", "## Chart nerve of the chosen core (learned FIF charts, d = 2, K = 24, 8000 points)", "",
                   "| subsample | verdict | Betti Z/2 / Z/3 | orientable | stable | seconds |", "|---|---|---|---|---|---|"]
         for r in results["nerve"]:
-            lines.append(f"| {r['subsample']} | {r['name']} | {_betti(r)} | {r['orientable']} | {r['stable']} | {r['seconds']} |")
+            lines.append(f"| {r['subsample']} | {r['name']} | {betti_text(r)} | {r['orientable']} | {r['stable']} | {r['seconds']} |")
     lines += ["", f"Barcodes of the chosen configuration: {fig_dir}/chosen_s<subsample>.png", ""]
     return "\n".join(lines)
 

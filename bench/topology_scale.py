@@ -37,6 +37,7 @@ from patchreg.topology.cover import fit_local_pca_cover  # noqa: E402
 from patchreg.topology.model_fit import distance_summary, project_to_model  # noqa: E402
 from patchreg.topology.orientation import patch_orientation  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
+from patchreg.topology.report import betti_text  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes  # noqa: E402
 from patchreg.topology.pipeline import homology_from_charts, homology_from_persistence  # noqa: E402
 from patchreg.topology.report import plot_chart_patches, plot_klein_square  # noqa: E402
@@ -180,10 +181,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _b(row):
-    return f"{tuple(row['betti_Z2'])} / {tuple(row['betti_Z3'])}"
-
-
 def markdown(results, command, fig_dir):
     lines = ["# The patch manifold of natural images at scale, p = 3..8", "", f"Command: `{command}`", "",
              "Machine: 2-core CPU shared with other jobs, everything on one thread, niced.", "",
@@ -195,9 +192,9 @@ def markdown(results, command, fig_dir):
     for p in sorted(results, key=int):
         r = results[p]
         c = r["chosen_core"]
-        ph = "; ".join(_b(x) for x in r["persistence"])
-        pca = "; ".join(_b(x) for x in r["nerve_pca"])
-        lr = "; ".join(_b(x) for x in r["nerve_learned"]) or "-"
+        ph = "; ".join(betti_text(x) for x in r["persistence"])
+        pca = "; ".join(betti_text(x) for x in r["nerve_pca"])
+        lr = "; ".join(betti_text(x) for x in r["nerve_learned"]) or "-"
         lv = (f"{r['nerve_learned_stability']['verdict']}, {r['nerve_learned_stability']['stable']}, "
               f"{[x['orientable'] for x in r['nerve_learned']]}") if r["nerve_learned"] else "-"
         fk, f3 = r["model_fit"]["core"]["klein"], r["model_fit"]["core"]["three-circle"]
@@ -241,7 +238,7 @@ def markdown(results, command, fig_dir):
             tb = g["top_bars"]
             names = over.get(f"{g['k']},{g['q']:g},{g['denoise']}", [])
             short = "; ".join(n if not n.startswith("other") else "other" for n in names) or "-"
-            lines.append(f"| {g['k']} | {g['q']:g} | {g['denoise']} | {g['n_core']} | {_b(g)} | {g['gap']} | {g['reliable']} | "
+            lines.append(f"| {g['k']} | {g['q']:g} | {g['denoise']} | {g['n_core']} | {betti_text(g)} | {g['gap']} | {g['reliable']} | "
                          f"{g['name']} | {tb['Z2 H1'][:4]} | {tb['Z3 H1'][:4]} | {tb['Z2 H2'][:3]} | {tb['Z3 H2'][:3]} | {short} |")
         lines.append("")
     lines += ["## Figures", ""]

@@ -12,7 +12,13 @@ from .models import polynomial_patches
 from .persistence import plot_barcodes
 from .preprocessing import dct_basis, patches_to_sphere
 
-__all__ = ["verdict_json", "write_report", "klein_parameters", "plot_klein_square", "patch_mosaic", "plot_chart_patches"]
+__all__ = ["verdict_json", "write_report", "klein_parameters", "plot_klein_square", "patch_mosaic", "plot_chart_patches",
+           "betti_text"]
+
+
+def betti_text(row: dict) -> str:
+    """"(b0, b1, b2) / (b0, b1, b2)" over Z/2 / Z/3 of a reading row with betti_Z2 and betti_Z3 lists."""
+    return f"{tuple(row['betti_Z2'])} / {tuple(row['betti_Z3'])}"
 
 
 def _scan_rows(scan):
