@@ -175,7 +175,7 @@ def main(argv=None) -> int:
     for other in filter(None, args.merge.split(",")):
         results.update(json.loads(Path(other).read_text()))
     atomic_write_json(json_path, results)
-    command = "OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/topology_scale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/topology_scale.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     atomic_write_text(out, markdown(results, command, fig_dir.name))
     print(f"wrote {out}")
     return 0
