@@ -124,7 +124,8 @@ def test_any_points_default_core_is_none_and_patch_default_is_auto(tmp_path):
     assert main(["topology", "--points", str(path), "--any-points", "--no-charts", "--out", str(out)]) == 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["core"] is None and verdict["n_core"] == 1000 and verdict["landmarks_used"] == 150
-    assert verdict["persistence"]["verdict"] == "torus"
+    assert verdict["persistence"]["verdict"] == "torus" and verdict["persistence"]["z2_excess"] == [0, 0, 0]
+    assert "Vietoris-Rips" in (out / "report.md").read_text()
 
 
 def test_witness_complex_names_the_klein_bottle(tmp_path):
@@ -136,7 +137,10 @@ def test_witness_complex_names_the_klein_bottle(tmp_path):
                  "--landmarks", "50", "--out", str(out)]) == 0
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["persistence"]["verdict"] == "Klein bottle" and verdict["complex"] == "witness"
-    assert "persistent homology complex: witness" in (out / "report.md").read_text()
+    assert verdict["persistence"]["complex"] == "witness" and verdict["persistence"]["z2_excess"] == [0, 1, 1]
+    report = (out / "report.md").read_text()
+    assert "persistent homology complex: witness" in report and "lazy witness complex" in report
+    assert "signature of a non-orientable surface" in report
 
 
 def test_orientation_bins_take_the_core_per_orientation(circle_file, tmp_path):

@@ -61,6 +61,10 @@ def verdict_json(result: dict, inputs: dict) -> dict:
             "n_landmarks": ph["n_landmarks"],
             "covering_radius": ph["covering_radius"],
             "top_bar_lengths": ph["top_bars"],
+            "complex": ph.get("complex", "rips"),
+            # long bars over Z/2 minus over Z/3 per dimension: (0, 1, 1) is the Z/2 torsion of a non-orientable
+            # surface (Klein bottle, RP^2); orientable surfaces and graphs give (0, 0, 0)
+            "z2_excess": [int(a - b) for a, b in zip(ph["betti"]["Z2"], ph["betti"]["Z3"])],
         },
     }
     if "charts" in result:
@@ -167,9 +171,12 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
         f"Inputs: `{evidence['inputs']}`",
         f"Points: {evidence['n_points']}; core X(k, q) = {evidence['core']}: {evidence['n_core']} points.",
         "",
-        "## Persistent homology (maxmin landmarks, Vietoris-Rips, ripser)",
+        "## Persistent homology (maxmin landmarks, "
+        + ("lazy witness complex, every core point a witness" if ph["complex"] == "witness" else "Vietoris-Rips")
+        + ", ripser)",
         f"- verdict: {ph['verdict']}",
-        f"- Betti Z/2 {ph['betti']['Z2']}, Z/3 {ph['betti']['Z3']}",
+        f"- Betti Z/2 {ph['betti']['Z2']}, Z/3 {ph['betti']['Z3']}; Z/2-excess {tuple(ph['z2_excess'])}"
+        + (" (Z/2 torsion: the signature of a non-orientable surface)" if ph["z2_excess"][1:] == [1, 1] else ""),
         f"- rule: long bar iff length >= max({ph['rule']['ratio']} x longest bar {ph['longest_bar']:.3f}, "
         f"{ph['rule']['floor']}) = {ph['long_bar_threshold']:.3f}; gap (shortest long / longest short) = "
         f"{ph['gap'] if ph['gap'] is None else round(ph['gap'], 2)}; reliable: {ph['reliable']}",
