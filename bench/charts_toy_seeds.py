@@ -140,7 +140,7 @@ def write_ablation(cells: list[dict], args, argv) -> None:
     base = next((c for c in cells if c.get("variant", "defaults") == "defaults"), cells[0])
     cfg = base["config"]
     lines = ["# Chart mixture ablations (issue 15)", "",
-             f"Command: `OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}` "
+             f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}` "
              "(with `--write-only`: the table from the cells there; without it and with `--seeds` and one variant's options, "
              "as listed under Commands below if the reading has them, each run trains its cells and appends them to the same JSONL)", "",
              f"Every cell has the settings of the \"defaults\" rows (the defaults when the ablation ran) but for the "
@@ -148,7 +148,7 @@ def write_ablation(cells: list[dict], args, argv) -> None:
              f"steps (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, width {base.get('width', 64)}, seed fraction {cfg['seed_fraction']}, {base['n_train']} "
-             f"noise-free training points, K = {base['K']}. Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
+             f"noise-free training points, K as in the K column. Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
              "(distance relative to the diameter, coverage at eps = 0.1 and its floor, sliced W2 and its floor, held-out "
              "NLL). Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
              "diameter), coverage >= its floor - 0.001, sliced W2 <= 1.5x its floor. chart usage: the fewest and most of the generated samples any one chart drew. "
