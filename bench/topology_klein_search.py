@@ -22,11 +22,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report_paths import single_threaded_report  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 from patchreg.topology.knn import kth_neighbour_distances  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
@@ -87,10 +87,7 @@ def search(name, reference, query_rows, cores, denoise_ms, landmarks, seed, fig_
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    fig_dir = out.with_suffix("")
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    out, fig_dir = single_threaded_report(args.out)
     cores = [(int(c.split(",")[0]), float(c.split(",")[1])) for c in args.cores.split(";")]
     denoise_ms = [int(m) for m in args.denoise.split(",")]
     pset = build_patch_set(DATA / "natural" / "train400", 3, args.cache, seed=0, progress=False)

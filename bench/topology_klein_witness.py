@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report_paths import single_threaded_report  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 from patchreg.topology.density import density_core  # noqa: E402
 from patchreg.topology.knn import chunked_kth_neighbour_distances  # noqa: E402
@@ -143,10 +143,7 @@ def chart_nerve(points, seed):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    fig_dir = out.with_suffix("")
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    out, fig_dir = single_threaded_report(args.out)
     pset = build_patch_set(DATA / "natural" / "train400", 3, args.cache, seed=0, progress=False)
     n_rows = args.subsamples * args.subsample_size
     start = time.time()

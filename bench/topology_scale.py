@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report_paths import single_threaded_report  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 from patchreg.topology.cover import fit_local_pca_cover  # noqa: E402
 from patchreg.topology.model_fit import distance_summary, project_to_model  # noqa: E402
@@ -163,10 +163,7 @@ def run_patch_size(p, args, fig_dir):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    fig_dir = out.with_suffix("")
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    out, fig_dir = single_threaded_report(args.out)
     json_path = out.with_suffix(".json")
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     for p in [int(x) for x in args.patch_sizes.split(",") if x]:
