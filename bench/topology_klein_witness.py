@@ -41,12 +41,12 @@ from bench.report_paths import single_threaded_report  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 from patchreg.topology.density import density_core  # noqa: E402
 from patchreg.topology.knn import chunked_kth_neighbour_distances  # noqa: E402
-from patchreg.topology.orientation import orientation_shares, patch_orientation, stratified_core  # noqa: E402
+from patchreg.topology.orientation import orientation_shares, patch_orientation  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
 from patchreg.topology.report import betti_text  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes, read_betti, top_lengths  # noqa: E402
 from patchreg.topology.preprocessing import load_points  # noqa: E402
-from patchreg.topology.scale import denoise  # noqa: E402
+from patchreg.topology.scale import core_of, denoise  # noqa: E402
 from patchreg.topology.verdict import name_topology  # noqa: E402
 from patchreg.topology.witness import witness_barcodes  # noqa: E402
 
@@ -76,9 +76,9 @@ def diagonal_share(shares8) -> float:
     return float(shares8[2] + shares8[6])  # bins centred on 45 and 135 degrees (+-11.25)
 
 
-def orientation_row(name, points, p=3):
-    shares = orientation_shares(patch_orientation(points, p), 8)
-    return {"data": name, "n": len(points), "shares": [round(float(x), 3) for x in shares],
+def orientation_row(name, theta):
+    shares = orientation_shares(theta, 8)
+    return {"data": name, "n": len(theta), "shares": [round(float(x), 3) for x in shares],
             "diagonal": round(diagonal_share(shares), 3)}
 
 
@@ -96,12 +96,12 @@ def reading(core, landmarks, seed):
 
 
 def cores_of(rho_k, theta, q, bins):
-    n = int(round(q / 100 * len(rho_k)))
-    return {"plain": np.sort(np.argsort(rho_k, kind="stable")[:n]), "stratified": stratified_core(rho_k, theta, q, bins)}
+    """{"plain": X(k, q), "stratified": the same per orientation bin}, indices into the subsample."""
+    rho = rho_k[:, None]
+    return {"plain": core_of(rho, [0], 0, q), "stratified": core_of(rho, [0], 0, q, theta, bins)}
 
 
-def read_subsample(s, points, rho_k, args, fig_dir, keep_barcodes):
-    theta = patch_orientation(points, 3)
+def read_subsample(s, points, theta, rho_k, args):
     rows, barcodes = [], {}
     for q in [float(x) for x in args.qs.split(",")]:
         for kind, idx in cores_of(rho_k, theta, q, args.bins).items():
@@ -112,8 +112,7 @@ def read_subsample(s, points, rho_k, args, fig_dir, keep_barcodes):
                 row.update(subsample=s, kind=kind, q=q, L=L, n_core=len(core), seconds=round(time.time() - start, 1),
                            diagonal=round(diagonal_share(orientation_shares(theta[idx], 8)), 3))
                 rows.append(row)
-                if keep_barcodes:
-                    barcodes[(kind, q, L)] = (bc, r["threshold"])
+                barcodes[(kind, q, L)] = (bc, r["threshold"])
                 print(f"  s{s} {kind:10s} X({args.k},{q:g}) L{L}: {row['named'][:40]:40s} {tuple(row['betti_Z2'])}/"
                       f"{tuple(row['betti_Z3'])} excess {tuple(row['z2_excess'])} gap {row['gap']}", flush=True)
     return rows, barcodes
@@ -155,20 +154,23 @@ def main(argv=None) -> int:
 
     first = np.asarray(pset.points[: args.subsample_size], dtype=np.float64)
     theta0 = patch_orientation(first, 3)
-    results["orientation"].append(orientation_row("train400, all high-contrast (subsample 0)", first))
+    results["orientation"].append(orientation_row("train400, all high-contrast (subsample 0)", theta0))
     for q in (10.0, 30.0):
         for kind, idx in cores_of(rho[: args.subsample_size], theta0, q, args.bins).items():
-            results["orientation"].append(orientation_row(f"train400 {kind} X({args.k}, {q:g})", first[idx]))
+            results["orientation"].append(orientation_row(f"train400 {kind} X({args.k}, {q:g})", theta0[idx]))
     vh = load_points(DATA / "carlsson" / "n50000Dct.mat")
-    results["orientation"].append(orientation_row("van Hateren n50000Dct, all", vh))
+    theta_vh = patch_orientation(vh, 3)
+    results["orientation"].append(orientation_row("van Hateren n50000Dct, all", theta_vh))
     for k, q in ((15, 30.0), (100, 10.0), (300, 30.0)):
-        results["orientation"].append(orientation_row(f"van Hateren X({k}, {q:g}) (50k sample)", vh[density_core(vh, k, q)]))
+        results["orientation"].append(orientation_row(f"van Hateren X({k}, {q:g}) (50k sample)",
+                                                      theta_vh[density_core(vh, k, q)]))
 
     chosen = None
     for s in range(args.subsamples):
         rows_s = slice(s * args.subsample_size, (s + 1) * args.subsample_size)
         points = np.asarray(pset.points[rows_s], dtype=np.float64)
-        rows, barcodes = read_subsample(s, points, rho[rows_s], args, fig_dir, keep_barcodes=True)
+        theta = theta0 if s == 0 else patch_orientation(points, 3)
+        rows, barcodes = read_subsample(s, points, theta, rho[rows_s], args)
         results["readings"] += rows
         if s == 0:
             chosen = choose(rows)
@@ -179,7 +181,6 @@ def main(argv=None) -> int:
         plot_barcodes(bc, fig_dir / f"chosen_s{s}.png", threshold=threshold,
                       title=f"subsample {s}: {key[0]} X({args.k},{key[1]:g}), denoise {args.denoise}, L {key[2]}, lazy witness")
         if s < args.nerve:
-            theta = patch_orientation(points, 3)
             idx = cores_of(rho[rows_s], theta, chosen["q"], args.bins)[chosen["kind"]]
             nerve = chart_nerve(denoise(points[idx], args.denoise), s)
             results["nerve"].append({"subsample": s, **nerve})

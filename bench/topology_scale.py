@@ -39,7 +39,7 @@ from patchreg.topology.orientation import patch_orientation  # noqa: E402
 from patchreg.topology.patchsets import build_patch_set  # noqa: E402
 from patchreg.topology.report import betti_text  # noqa: E402
 from patchreg.topology.persistence import plot_barcodes  # noqa: E402
-from patchreg.topology.pipeline import homology_from_charts, homology_from_persistence  # noqa: E402
+from patchreg.topology.pipeline import COMPLEXES, homology_from_charts, homology_from_persistence  # noqa: E402
 from patchreg.topology.report import plot_chart_patches, plot_klein_square  # noqa: E402
 from patchreg.topology.scale import ScaleConfig, choose_core_over_seeds, core_of, denoise, density_estimates, read_grid, seed_readings  # noqa: E402
 
@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--denoise", default="0,30", help="denoising neighbours tried in the grid (0: raw core)")
     p.add_argument("--grid-landmarks", type=int, default=150, help="landmarks of the core-grid readings")
     p.add_argument("--landmarks", type=int, default=300, help="landmarks of the chosen core's readings per seed")
-    p.add_argument("--complex", default="rips", choices=["rips", "witness"], help="persistent-homology complex")
+    p.add_argument("--complex", default="rips", choices=COMPLEXES, help="persistent-homology complex")
     p.add_argument("--orientation-bins", type=int, default=0, help="> 0: cores per orientation bin (0: global cores)")
     p.add_argument("--learned-p", default="3", help="patch sizes that also get the learned chart nerve")
     p.add_argument("--learned-steps", type=int, default=300)

@@ -58,7 +58,7 @@ def register(subparsers) -> None:
     parser.add_argument("--denoise", type=int, default=None,
                         help="replace core points by the mean of their m nearest core neighbours (default: chosen "
                         "with the core under --core auto among 0 and 30, else 0)")
-    parser.add_argument("--complex", default="rips", choices=["rips", "witness"],
+    parser.add_argument("--complex", default="rips", choices=["rips", "witness"],  # pipeline.COMPLEXES (kept literal: no heavy import at CLI start)
                         help="persistent homology on the landmarks alone (Rips) or on the lazy witness complex with "
                         "every core point a witness (Carlsson et al.'s complex)")
     parser.add_argument("--orientation-bins", type=int, default=0,
@@ -137,7 +137,7 @@ def _check_args(args):
         raise ValueError(f"--core-qs must be percentages in (0, 100], got {args.core_qs}")
     if args.orientation_bins < 0:
         raise ValueError(f"--orientation-bins must be >= 0 (0: one global core), got {args.orientation_bins}")
-    if args.orientation_bins > 0 and (args.any_points or args.patch_size < 2):
+    if args.orientation_bins > 0 and args.any_points:
         raise ValueError("--orientation-bins needs patch data (not --any-points)")
     if args.images is not None and args.images != "bundled" and not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .knn import kth_neighbour_distances
-from .pipeline import homology_from_persistence
+from .pipeline import COMPLEXES, homology_from_persistence
 
 __all__ = ["ScaleConfig", "density_estimates", "core_of", "denoise", "read_grid", "choose_core", "choose_core_over_seeds",
            "seed_readings"]
@@ -59,8 +59,8 @@ class ScaleConfig:
             raise ValueError(f"k={max(self.ks)} needs more than k reference points, n_reference={self.n_reference}")
         if self.grid_landmarks < 2 or self.landmarks < 2:
             raise ValueError("landmarks must be >= 2")
-        if self.complex not in ("rips", "witness"):
-            raise ValueError(f"complex must be 'rips' or 'witness', got {self.complex!r}")
+        if self.complex not in COMPLEXES:
+            raise ValueError(f"complex must be one of {COMPLEXES}, got {self.complex!r}")
         if self.orientation_bins < 0:
             raise ValueError(f"orientation_bins must be >= 0 (0: one global core), got {self.orientation_bins}")
         return self
