@@ -16,13 +16,14 @@ from patchreg.charts import build_mixture, stack_mlp_charts
 from patchreg.charts.seeding import seed_charts
 from patchreg.charts.stacked import charts_log_prob as stacked_reference
 from patchreg.priors import ChartPrior, PatchCharts, chart_denoise_patches, charts_restore, mean_free_basis
-from patchreg.priors.chart_prior import chart_patch_log_prob, select_charts
+from patchreg.priors.chart_prior import _PerChart, chart_patch_log_prob, is_fusable, select_charts
 
 
-def _model(patch_size=3, K=4, d=2, dtype=torch.float64, seed=0, selector=True) -> PatchCharts:
+def _model(patch_size=3, K=4, d=2, dtype=torch.float64, seed=0, selector=True, family="fif") -> PatchCharts:
     torch.manual_seed(seed)
     n = patch_size**2 - 1
-    mixture = build_mixture("fif", K, n, d, "mlp", width=8, n_blocks=1, sigma=0.1, sigma_per_chart=True).to(dtype)
+    mixture = build_mixture(family, K, n, d, "mlp", width=8, n_blocks=1, sigma=0.1, sigma_per_chart=True,
+                            coupling_blocks=2).to(dtype)
     gen = torch.Generator().manual_seed(seed)
     points = 0.3 * torch.randn(400, n, generator=gen, dtype=dtype)
     seed_charts(mixture, points, gen)
@@ -226,7 +227,7 @@ def test_train_charts_on_image_patches_cli(tmp_path):
     (["--data", "toy:circle", "--patch-size", "3", "--latent-dim", "1"], "--patch-size needs image data"),
     (["--data", "bundled", "--patch-size", "3", "--latent-dim", "8"], "--latent-dim"),
     (["--data", "bundled", "--patch-size", "1", "--latent-dim", "1"], "--patch-size must be"),
-    (["--data", "bundled", "--patch-size", "3", "--latent-dim", "2", "--family", "vae"], "--family fif"),
+    (["--data", "bundled", "--patch-size", "3", "--latent-dim", "2", "--architecture", "conv"], "--architecture mlp"),
     (["--data", "bundled", "--patch-size", "3", "--latent-dim", "2", "--steps", "2"], "--steps must be >= 4"),
 ])
 def test_train_charts_on_patches_rejects_bad_arguments(tmp_path, capsys, extra, message):
@@ -396,3 +397,75 @@ def test_old_per_pair_selection_gives_the_same_r(monkeypatch):
     monkeypatch.setattr(cp, "_SELECT_BY_PAIRS", True)
     old = ChartPrior(model, top_charts=3).nll(x)
     torch.testing.assert_close(new, old, atol=1e-12, rtol=1e-12)
+
+
+# --- charts the fused kernel does not cover (family "vae"): each chart's own log_prob, by autograd ---------
+
+
+def _own_log_prob(model: PatchCharts, coords: torch.Tensor) -> torch.Tensor:
+    """log sum_k alpha_k p_k(c) from every chart's own (differentiable) log_prob: the formula, chart by chart."""
+    mix = model.mixture
+    sigma = mix.sigma.expand(model.n_charts)
+    per_chart = torch.stack([c.log_prob(coords, mix.prior, sigma[k]) for k, c in enumerate(mix.charts)], dim=-1)
+    return torch.logsumexp(mix.log_alpha + per_chart, dim=-1)
+
+
+def test_generic_path_equals_the_fused_kernel_on_fif_charts():
+    model = _model(K=3)
+    coords = 0.3 * torch.randn(150, 8, dtype=torch.float64)
+    fused, fused_grad = chart_patch_log_prob(model, coords, top_charts=None)
+    generic, generic_grad = chart_patch_log_prob(model, coords, top_charts=None, params=_PerChart())
+    torch.testing.assert_close(generic, fused, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(generic_grad, fused_grad, atol=1e-9, rtol=1e-9)
+
+
+def test_vae_chart_prior_is_the_charts_own_density():
+    model = _model(family="vae", K=3)
+    assert not is_fusable(model) and is_fusable(_model(K=2))
+    x = torch.rand(1, 1, 8, 9, dtype=torch.float64)
+    prior = ChartPrior(model, top_charts=None, reduction="sum")
+    patches = patchreg.extract_patches(x, 3)[0]
+    xr = x.clone().requires_grad_(True)
+    r = prior.nll(xr)
+    r.sum().backward()
+    xe = x.clone().requires_grad_(True)
+    expected = -_own_log_prob(model, patchreg.extract_patches(xe, 3)[0] @ model.basis).sum()
+    expected.backward()
+    assert patches.shape[0] == 42
+    torch.testing.assert_close(r[0], expected.detach(), atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(xr.grad, xe.grad, atol=1e-8, rtol=1e-8)
+
+
+def test_vae_chart_prior_gradcheck_and_selection():
+    model = _model(family="vae", K=3)
+    prior = ChartPrior(model, top_charts=None, stride=2)
+    x = torch.rand(1, 1, 7, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: prior.nll(v), (x,), eps=1e-6, atol=1e-6)
+    coords = 0.3 * torch.randn(60, 8, dtype=torch.float64)
+    full, _ = chart_patch_log_prob(model, coords, top_charts=None)
+    top1, _ = chart_patch_log_prob(model, coords, top_charts=1)
+    assert bool((top1 <= full + 1e-12).all())
+
+
+def test_vae_charts_restore_denoises():
+    model = _model(family="vae", K=3)
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.full((1, 1, 12, 12), 0.5, dtype=torch.float64)
+    y = clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    out = charts_restore(y, None, model, 0.1, top_charts=1)
+    assert out.shape == y.shape and bool(torch.isfinite(out).all())
+    assert float(((out - clean) ** 2).mean()) < float(((y - clean) ** 2).mean())
+
+
+def test_train_vae_charts_on_image_patches_cli(tmp_path):
+    from patchreg.cli import main
+
+    out = tmp_path / "vae.safetensors"
+    argv = ["train", "charts", "--data", "bundled", "--patch-size", "3", "--family", "vae", "--charts", "2",
+            "--latent-dim", "2", "--steps", "8", "--batch-size", "64", "--width", "8", "--selector-points", "300",
+            "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    model = PatchCharts.load(out)
+    assert model.has_selector and not is_fusable(model)
+    r = ChartPrior(model, top_charts=1).nll(torch.rand(1, 1, 10, 10))
+    assert r.shape == (1,) and bool(torch.isfinite(r).all())

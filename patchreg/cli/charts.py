@@ -179,10 +179,8 @@ def _train_patches(args) -> int:
     if args.latent_dim is None or not 1 <= args.latent_dim < args.patch_size**2 - 1:
         raise ValueError(f"--latent-dim is required for image data and must lie in [1, {args.patch_size**2 - 2}], "
                          f"got {args.latent_dim}")
-    if args.family != "fif":
-        raise ValueError("image patches: only --family fif has a fused kernel for the chart prior; use --family fif")
     if args.architecture != "mlp":
-        raise ValueError("image patches: the chart prior's fused kernel needs --architecture mlp")
+        raise ValueError("image patches: the patch model (PatchCharts) has MLP charts only; use --architecture mlp")
     if args.selector_points < args.charts:
         raise ValueError(f"--selector-points must be >= --charts ({args.charts}), got {args.selector_points}")
     q = args.steps // 4

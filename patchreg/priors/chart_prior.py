@@ -13,6 +13,9 @@ Per call of `ChartPrior.nll(x)`:
    so every chart is one kernel call on a contiguous slice; the m values and gradients per patch
    are combined by a logsumexp over its m kept pairs (no (N, K, n) or (N, K, width) tensor is ever
    alive; the large work buffers are kept by ChartPrior between calls);
+   Charts the fused kernel does not cover (the VAE family's coupling-network charts, Alberti et al.) are
+   evaluated chart by chart by their own differentiable `log_prob`, the gradient by autograd
+   (`_run_generic_chart`): the same density and selection, without the kernel's speed;
 4. the gradient goes back to the image through the coordinates' basis and the fused aggregation
    (the adjoint of extraction, via autograd of `extract_patches`).
 With the reference backend (patchreg.use_backend("reference")) the same steps run in pure PyTorch.
@@ -68,10 +71,48 @@ class _Stacked(dict):
         return slices[k]
 
 
+class _PerChart(dict):
+    """The params of charts the fused kernel does not cover (family "vae", or other networks): empty, so every
+    chart is evaluated by its own differentiable log_prob (`_run_generic_chart`)."""
+
+
+def is_fusable(model: PatchCharts) -> bool:
+    """Whether the fused chart kernel covers model's charts (FIF charts with built-in ResidualMLP networks)."""
+    from ..charts.fif_chart import FreeFormChart
+    from ..charts.architectures import ResidualMLP
+
+    return all(isinstance(c, FreeFormChart) and isinstance(c.encoder, ResidualMLP) and isinstance(c.decoder, ResidualMLP)
+               for c in model.mixture.charts)
+
+
 def _stacked_params(model: PatchCharts, dtype) -> dict:
+    """The stacked chart weights in dtype for the fused kernel, or an empty _PerChart when it does not apply."""
     from ..charts.stacked import stack_mlp_charts
 
+    if not is_fusable(model):
+        return _PerChart()
     return _Stacked({k: v.to(dtype).contiguous() for k, v in stack_mlp_charts(model.mixture).items()})
+
+
+GENERIC_CHUNK = 4096  # rows per pass of the per-chart path (its Jacobians are (rows, n, d))
+
+
+def _run_generic_chart(model: PatchCharts, x, k, sigma, compute_grad):
+    """Chart k's own log_prob (any family) on x (R, n) with per-row off-manifold std sigma (R,): the same
+    (log p_k(x), d log p_k / dx) as the fused kernel, by autograd, in chunks, in the charts' dtype."""
+    chart = model.mixture.charts[k]
+    net_dtype = model.mixture.log_alpha.dtype
+    total = x.new_empty(len(x))
+    grad = x.new_empty(x.shape) if compute_grad else None
+    for rows in torch.arange(len(x), device=x.device).split(GENERIC_CHUNK):
+        xs = x[rows].to(net_dtype).requires_grad_(compute_grad)
+        with torch.enable_grad() if compute_grad else torch.no_grad():
+            lp = chart.log_prob(xs, model.mixture.prior, sigma[rows].to(net_dtype))
+            if compute_grad:
+                (g,) = torch.autograd.grad(lp.sum(), xs)
+                grad[rows] = g.to(x.dtype)
+        total[rows] = lp.detach().to(x.dtype)
+    return total, grad
 
 
 class _PairTable:
@@ -108,6 +149,11 @@ def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute
     NaN (the kernel's answer where J^T J is singular, far off a chart) is left to the caller.
     """
     sigma2 = float(model.mixture.sigma.detach().to(torch.float64).expand(model.n_charts)[k]) ** 2
+    if isinstance(params, _PerChart):
+        var = x.new_full((len(x),), sigma2)
+        if extra_variance != 0:
+            var = var + extra_variance / scales.to(x.dtype) ** 2
+        return _run_generic_chart(model, x, k, var.sqrt(), compute_grad)
     one = params.chart(k) if isinstance(params, _Stacked) else {name: v[k : k + 1] for name, v in params.items()}
     zero = x.new_zeros(1)
     if extra_variance == 0:
@@ -314,7 +360,9 @@ class ChartPrior:
     def _weights(self, dtype, device) -> dict:
         key = (dtype, str(device))
         if key not in self._params:
-            self._params[key] = _Stacked({k: v.to(device) for k, v in _stacked_params(self.model, dtype).items()})
+            params = _stacked_params(self.model, dtype)
+            self._params[key] = params if isinstance(params, _PerChart) else \
+                _Stacked({k: v.to(device) for k, v in params.items()})
         return self._params[key]
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
@@ -374,6 +422,7 @@ def _tangent_map_step(chart, c, var, latent_var):
     return chart.decode(z1)
 
 
+@torch.no_grad()
 def chart_denoise_patches(model: PatchCharts, patches: torch.Tensor, noise_var: float, top_charts: int | None = 2,
                           combine: str = "mean", params: dict | None = None, tangent_step: bool = True,
                           tangent_scale: float = TANGENT_SCALE) -> torch.Tensor:
