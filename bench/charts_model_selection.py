@@ -150,13 +150,10 @@ def load_cell(path) -> PatchCharts:
 
 
 def fused(model: PatchCharts) -> bool:
-    from patchreg.charts.stacked import stack_mlp_charts
+    """Whether the fused chart kernel covers the model (else the generic per-chart path scores it)."""
+    from patchreg.priors.chart_prior import is_fusable
 
-    try:
-        stack_mlp_charts(model.mixture)
-        return True
-    except TypeError:
-        return False
+    return is_fusable(model)
 
 
 def done_path(ckpt: Path) -> Path:

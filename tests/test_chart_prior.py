@@ -469,3 +469,22 @@ def test_train_vae_charts_on_image_patches_cli(tmp_path):
     assert model.has_selector and not is_fusable(model)
     r = ChartPrior(model, top_charts=1).nll(torch.rand(1, 1, 10, 10))
     assert r.shape == (1,) and bool(torch.isfinite(r).all())
+
+
+def test_selector_gmm_is_the_selector_on_patches():
+    """log N_d(P; B m, B S B^T + f I) of a patch P = log N_n(B^T P; m, S + f I) + log N_1(P's mean; 0, f / d):
+    the GMM's component log-densities are the selector's pair scores at extra variance f, up to that term."""
+    model, points, _ = _scaled_model()
+    floor = 1e-4
+    gmm = model.selector_gmm(floor)
+    assert gmm.n_components == model.pairs().shape[0]
+    gen = torch.Generator().manual_seed(5)
+    patches = 0.2 * torch.randn(40, 9, generator=gen, dtype=torch.float64)
+    centred = patches - patches.mean(1, keepdim=True)
+    got = gmm.component_log_prob(patches)
+    scores = model.selector_scores(centred @ model.basis, extra_variance=floor)
+    expected = scores - torch.logsumexp(model.scale_log_alpha[torch.isfinite(model.scale_log_alpha)], 0) \
+        - 0.5 * math.log(2 * math.pi * floor)
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=1e-8)
+    with pytest.raises(ValueError, match="floor"):
+        model.selector_gmm(0.0)

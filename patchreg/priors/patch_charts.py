@@ -228,6 +228,31 @@ class PatchCharts(torch.nn.Module):
         u = self.selector_prec_chol.to(torch.float64)
         return torch.linalg.inv(u @ u.mT)
 
+    def selector_gmm(self, floor: float = 1e-6):
+        """The selector as an EPLL GMM on the patches (patchreg.priors.GMM, remove_mean=True): one component per
+        kept (chart, scale) pair, weight alpha_{k,s}, mean B s mu_k and covariance B s^2 Sigma_k B^T + floor I
+        (the floor keeps the constant direction invertible, as the GMM's covariance floor).
+
+        The chart model's own Gaussian summary: `epll_restore` with it measures what the charts add over
+        their clusters' Gaussians (bench/chart_zstep_ablation.py).
+        """
+        from .gmm import GMM
+
+        if not self.has_selector:
+            raise ValueError("this chart model has no selector: call fit_selector(coords) (training does it)")
+        if not floor > 0:
+            raise ValueError(f"floor must be > 0, got {floor}")
+        k, j = self.pairs().unbind(1)
+        s = self.scales.to(torch.float64)[j]
+        basis = self.basis.to(torch.float64)
+        gmm = GMM(len(k), self.patch_size, self.channels, remove_mean=True)
+        cov = s[:, None, None] ** 2 * (basis @ self.selector_covariances()[k] @ basis.T)
+        gmm.covariances = cov + floor * torch.eye(self.dim, dtype=torch.float64)
+        gmm.means = s[:, None] * (self.selector_means.to(torch.float64)[k] @ basis.T)
+        weights = self.scale_log_alpha.to(torch.float64)[k, j].exp()
+        gmm.weights = weights / weights.sum()
+        return gmm
+
     def _selector_eigen(self):
         """(eigenvalues (K, n), eigenvectors (K, n, n)) of the selector covariances, float64, cached."""
         key = (self.selector_prec_chol.data_ptr(), self.selector_prec_chol.dtype)
