@@ -35,6 +35,17 @@ from patchreg.priors.epll import BETA_SCHEDULE  # noqa: E402
 SCHEDULES = {"zoran5": BETA_SCHEDULE, "zoran6": BETA_SCHEDULE + (64.0,)}
 
 
+def validation_images(count: int) -> list:
+    """The first `count` validation images of train400 as float32 (1, 1, H, W) tensors."""
+    return [to_tensor(im, torch.float32) for im in load_train400("validation")[:count]]
+
+
+def seeded_noisy(images: list, sigma: float, seed: int) -> list:
+    """Each image plus Gaussian noise of std sigma, from one generator seeded with `seed` (the same noise per sigma)."""
+    gen = torch.Generator().manual_seed(seed)
+    return [im + sigma * torch.randn(im.shape, generator=gen) for im in images]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--charts", default="pretrained:charts")
@@ -50,12 +61,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     model = PatchCharts.load(resolve_checkpoint(args.charts))
     gmm = GMM.load(resolve_checkpoint(args.gmm)) if args.gmm else None
-    images = [to_tensor(im, torch.float32) for im in load_train400("validation")[: args.images]]
+    images = validation_images(args.images)
     rows = []
     for sigma255 in args.sigmas:
         sigma = sigma255 / 255
-        gen = torch.Generator().manual_seed(args.seed)
-        noisy = [im + sigma * torch.randn(im.shape, generator=gen) for im in images]
+        noisy = seeded_noisy(images, sigma, args.seed)
         if gmm is not None:
             start = time.perf_counter()
             vals = [float(psnr(epll_restore(y, None, gmm, sigma).clamp(0, 1), x)[0]) for y, x in zip(noisy, images)]

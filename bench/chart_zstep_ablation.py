@@ -25,8 +25,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.chart_prior_tuning import seeded_noisy, validation_images  # noqa: E402
 from patchreg import io  # noqa: E402
-from patchreg.data import load_train400, to_tensor  # noqa: E402
 from patchreg.metrics import psnr  # noqa: E402
 from patchreg.pretrained import resolve_checkpoint  # noqa: E402
 from patchreg.priors import GMM, PatchCharts, charts_restore, epll_restore  # noqa: E402
@@ -78,12 +78,11 @@ def main(argv=None):
     rows = [(f"EPLL, {args.gmm} (K {gmm.n_components})", lambda y, s: epll_restore(y, None, gmm, s))]
     for name, model in models:
         rows += contenders(name, model, args.top)
-    images = [to_tensor(im, torch.float32) for im in load_train400("validation")[: args.images]]
+    images = validation_images(args.images)
     results = []
     for sigma255 in args.sigmas:
         sigma = sigma255 / 255
-        gen = torch.Generator().manual_seed(args.seed)
-        noisy = [im + sigma * torch.randn(im.shape, generator=gen) for im in images]
+        noisy = seeded_noisy(images, sigma, args.seed)
         for method, restore in rows:
             start = time.perf_counter()
             vals = [float(psnr(restore(y, sigma).clamp(0, 1), x)[0]) for y, x in zip(noisy, images)]

@@ -23,7 +23,7 @@ def test_ablation_runs_every_row(tmp_path, monkeypatch):
                 "--steps", "8", "--batch-size", "64", "--width", "8", "--blocks", "1", "--selector-points", "500",
                 "--no-progress", "--out", str(ckpt)]) == 0
     crop = np.asarray(bundled_image("camera"), dtype=np.float64)[100:148, 100:148]
-    monkeypatch.setattr(bench, "load_train400", lambda split: [crop])
+    monkeypatch.setattr(bench, "validation_images", lambda count: [torch.as_tensor(crop, dtype=torch.float32)[None, None]])
     out = tmp_path / "ablation.md"
     bench.main(["--charts", str(ckpt), "--images", "1", "--sigmas", "25", "--out", str(out)])
     rows = json.loads(out.with_suffix(".json").read_text())
