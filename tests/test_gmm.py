@@ -300,6 +300,23 @@ def test_em_recovers_known_mixture():
     assert (history[1:] - history[:-1] >= -1e-9).all(), "EM log-likelihood must not decrease"
 
 
+def test_fit_keeps_small_init_clusters_distinct():
+    """k-means clusters with at most d patches used to share one fallback mean (zero) and the
+    global covariance: exact twins, which EM keeps identical for ever (the shipped K = 200 GMM had
+    84 such components). Each must start from its own centre."""
+    x = torch.randn(300, 9, generator=torch.Generator().manual_seed(0), dtype=F64)
+    model = GMM(40, patch_size=3, remove_mean=False)
+    model._initialize(x, kmeans_iter=5, floor=1e-6, seed=0)
+    sizes = torch.bincount(torch.cdist(x, model.means).argmin(1), minlength=40)
+    assert (sizes <= 9).any(), "the case needs clusters too small for a covariance"
+    gaps = torch.cdist(model.means, model.means) + torch.eye(40, dtype=F64)
+    assert gaps.min() > 1e-3
+    model.fit(x, n_iter=3, tol=0, seed=0, progress=False)
+    gaps = torch.cdist(model.means, model.means) + torch.eye(40, dtype=F64)
+    assert gaps.min() > 1e-3
+    assert model.hyperparameters["init_size"] == 500 * 40  # the default, recorded
+
+
 class ReplayableStream:
     """An iterable of patch batches with reset(), like patchreg.data.PatchSampler."""
 

@@ -207,7 +207,10 @@ class GMM(torch.nn.Module):
             first, so every iteration sees the same patches (plain EM on a fixed sample that is
             never held in memory), other streams give fresh patches each iteration.
         Initialisation: k-means++ seeding and `kmeans_iter` Lloyd steps on the first
-            `init_size` patches (default max(50 K, 10000)); covariances of the k-means clusters.
+            `init_size` patches (default max(500 K, 10000)); means and covariances of the
+            k-means clusters. A cluster too small for a covariance (at most d patches) keeps its
+            k-means centre as its mean and takes the covariance of all init patches, so no two
+            components start identical (identical components stay identical under EM).
         covariance_floor: every covariance eigenvalue is raised to at least this (in [0, 1]
             pixel units squared); it keeps the covariances invertible, notably along the
             constant patch when remove_mean=True.
@@ -232,6 +235,7 @@ class GMM(torch.nn.Module):
         stream = _PatchStream(source, self.dim, batch_size, patches_per_iter)
         world = distributed.current_world()
         progress = progress and world.is_main
+        init_size = init_size or max(500 * self.n_components, 10000)
         self.hyperparameters = {
             "n_iter": n_iter,
             "patches_per_iter": stream.per_iter,
@@ -239,6 +243,7 @@ class GMM(torch.nn.Module):
             "tol": tol,
             "covariance_floor": covariance_floor,
             "kmeans_iter": kmeans_iter,
+            "init_size": init_size,
             "seed": seed,
         }
         if world.distributed:
@@ -257,7 +262,6 @@ class GMM(torch.nn.Module):
                 return self
         else:
             self.history = []
-            init_size = init_size or max(50 * self.n_components, 10000)
             first = distributed.gather_rows(stream.first(init_size))[:init_size]
             init = self._prepare(first.to(torch.float64))
             self._initialize(init, kmeans_iter, covariance_floor, seed)
@@ -324,9 +328,10 @@ class GMM(torch.nn.Module):
         resp = torch.nn.functional.one_hot(labels, K).to(x.dtype)
         stats = _Statistics.zeros(K, d, x.device)
         stats.add(x, resp, loglik_sum=0.0)
-        # Clusters too small for a covariance borrow the global one.
+        # Clusters too small for a covariance keep their own centre (a shared fallback mean would
+        # make them exact twins for ever) and borrow the covariance of all the init patches.
         global_cov = torch.cov(x.T).reshape(d, d)
-        self._m_step(stats, floor, fallback_cov=global_cov)
+        self._m_step(stats, floor, fallback_mean=centers, fallback_cov=global_cov)
 
     def _e_step(self, stream: "_PatchStream", progress: bool) -> "_Statistics":
         stats = _Statistics.zeros(self.n_components, self.dim, self.means.device)
@@ -344,16 +349,18 @@ class GMM(torch.nn.Module):
             raise ValueError("the patch source yielded no patches")
         return stats
 
-    def _m_step(self, stats: "_Statistics", floor: float, fallback_cov: torch.Tensor | None = None) -> None:
+    def _m_step(self, stats: "_Statistics", floor: float, fallback_mean: torch.Tensor | None = None,
+                fallback_cov: torch.Tensor | None = None) -> None:
         K, d = self.n_components, self.dim
         nk = stats.resp_sum
         # Components with fewer than d patches' worth of responsibility keep their old
-        # mean/covariance (or take fallback_cov): their statistics cannot define a covariance.
+        # mean/covariance (or take the fallbacks): their statistics cannot define a covariance.
         alive = nk > max(d, 1e-10 * stats.count)
         means = stats.first / nk.clamp(min=1e-300)[:, None]
         second = stats.second_matrix() / nk.clamp(min=1e-300)[:, None, None]
         cov = second - means[:, :, None] * means[:, None, :]
-        new_means = torch.where(alive[:, None], means, self.means)
+        old_means = self.means if fallback_mean is None else fallback_mean
+        new_means = torch.where(alive[:, None], means, old_means)
         old_cov = self.covariances if fallback_cov is None else fallback_cov.expand(K, d, d)
         new_cov = torch.where(alive[:, None, None], cov, old_cov)
         self.means.copy_(new_means)
