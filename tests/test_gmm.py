@@ -315,6 +315,15 @@ def test_fit_keeps_small_init_clusters_distinct():
     gaps = torch.cdist(model.means, model.means) + torch.eye(40, dtype=F64)
     assert gaps.min() > 1e-3
     assert model.hyperparameters["init_size"] == 500 * 40  # the default, recorded
+    assert model.twin_groups() == []
+
+
+def test_twin_groups_finds_identical_components():
+    model = GMM(5, patch_size=1, channels=2, remove_mean=False)
+    model.means.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1e-3]], dtype=F64))
+    assert model.twin_groups() == [[0, 2], [1, 3]]  # 4 differs by 1e-3 from 0 and 2
+    model.covariances[2] *= 2.0
+    assert model.twin_groups() == [[1, 3]]
 
 
 class ReplayableStream:

@@ -136,6 +136,26 @@ class GMM(torch.nn.Module):
         nll = -self.log_prob(patches)  # (B, L); mean removal happens in log_prob
         return nll.mean(dim=1) if reduction == "mean" else nll.sum(dim=1)
 
+    def twin_groups(self, atol: float = 1e-9) -> list[list[int]]:
+        """Groups of components with the same mean and covariance (to atol, max abs difference).
+
+        Such twins are one Gaussian whose weight is split: EM keeps them identical (their
+        responsibilities stay proportional to their weights), so they waste components. A fit by
+        this version starts every component from its own k-means centre (see `fit`); older
+        checkpoints can hold twins.
+        """
+        flat = torch.cat([self.means, self.covariances.flatten(1)], dim=1)
+        close = torch.cdist(flat, flat, p=float("inf")) <= atol
+        groups, seen = [], set()
+        for k in range(self.n_components):
+            if k in seen:
+                continue
+            members = close[k].nonzero().flatten().tolist()
+            seen.update(members)
+            if len(members) > 1:
+                groups.append(members)
+        return groups
+
     # --- checkpoints ---------------------------------------------------------------------------
 
     def config(self) -> dict:
