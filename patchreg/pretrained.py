@@ -10,6 +10,8 @@ The names, their files and the one command that retrains each (on the train400 i
 
 - pretrained:gmm    gmm_p6.safetensors    EPLL's Gaussian mixture (`--prior epll`), 200 components:
     patchreg train gmm --images train400:train --patch-size 6 --components 200 --patches-per-iter 2000000 --iters 40 --seed 0 --out gmm_p6.safetensors
+    (refitted 2026-12-05 with the mended initialisation: 200 distinct components; the file it replaces,
+    whose initialisation left 154 components as exact twins, is bench/results/gmm_k200_p6_twins_it40.safetensors)
 - pretrained:flow   flow_p6.safetensors   PatchNR's normalizing flow (`--prior patchnr`):
     patchreg train flow --images train400:train --patch-size 6 --steps 250000 --seed 0 --out flow_p6.safetensors
     (the shipped file stopped early, at the step its header records: see bench/RESULTS.md)

@@ -303,7 +303,7 @@ def test_em_recovers_known_mixture():
 def test_fit_keeps_small_init_clusters_distinct():
     """k-means clusters with at most d patches used to share one fallback mean (zero) and the
     global covariance: exact twins, which EM keeps identical for ever (the shipped K = 200 GMM had
-    84 such components). Each must start from its own centre."""
+    154 components in 29 groups of twins, 75 distinct). Each must start from its own centre."""
     x = torch.randn(300, 9, generator=torch.Generator().manual_seed(0), dtype=F64)
     model = GMM(40, patch_size=3, remove_mean=False)
     model._initialize(x, kmeans_iter=5, floor=1e-6, seed=0)
