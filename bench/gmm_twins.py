@@ -75,7 +75,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.n < 1:
         raise SystemExit(f"--n must be >= 1, got {args.n}")
-    rows = [score(spec, args.n, args.seed) for spec in args.gmm]
+    images = load_train400("validation")  # read once for every checkpoint
+    rows = [score(spec, args.n, args.seed, images) for spec in args.gmm]
     for r in rows:
         print(r)
     command = "python bench/gmm_twins.py " + " ".join(sys.argv[1:] if argv is None else argv)
