@@ -328,7 +328,9 @@ class GMM(torch.nn.Module):
         )
         self.history = other.history
         done = int(other.hyperparameters.get("iterations_done", len(self.history)))
-        self.hyperparameters.update(iterations_done=done, converged=bool(other.hyperparameters.get("converged")))
+        # The initialisation happened in the run that wrote the checkpoint: keep its record, not this call's default.
+        self.hyperparameters.update(iterations_done=done, converged=bool(other.hyperparameters.get("converged")),
+                                    init_size=other.hyperparameters.get("init_size"))
         return done
 
     def _initialize(self, x: torch.Tensor, kmeans_iter: int, floor: float, seed: int) -> None:
