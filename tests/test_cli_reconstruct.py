@@ -383,6 +383,38 @@ def test_patchnr_runs_with_adam(files, tmp_path, capsys):
         task_defaults.PATCHNR_LAM_SCALE["denoise"] * (SIZE - 3 + 1) ** 2 / 9)  # 3x3 flow: n_patches / d
 
 
+def test_patchnr_flow_precision_bfloat16(files, tmp_path, capsys, monkeypatch):
+    from patchreg.priors import PatchNR
+
+    made = []
+    original = PatchNR.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self.precision)
+
+    monkeypatch.setattr(PatchNR, "__init__", spy)
+    argv = [*base(files, tmp_path / "x.npy", prior="patchnr"), "--image", files["image"], "--steps", "2",
+            "--n-patches", "16"]
+    code, _, err = run_cli(capsys, *argv)  # the default: float32
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *argv, "--flow-precision", "bfloat16")
+    assert code == 0, err
+    assert made == ["float32", "bfloat16"]
+    assert np.isfinite(np.load(tmp_path / "x.npy")).all()
+
+
+def test_flow_precision_rejected_for_other_priors_and_bad_values(files, tmp_path, capsys, no_work):
+    argv = [*base(files, tmp_path / "x.png", prior="epll"), "--image", files["image"], "--flow-precision", "bfloat16"]
+    assert_rejected(capsys, argv, "--flow-precision applies only to --prior patchnr", "got --prior epll",
+                    folder=tmp_path)
+    with pytest.raises(SystemExit) as exc:  # argparse's choices
+        run_cli(capsys, *base(files, tmp_path / "x.png", prior="patchnr"), "--image", files["image"],
+                "--flow-precision", "float16")
+    assert exc.value.code == 2
+    assert "--flow-precision" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("cli_task, extra, tuned", [("sr", ["--factor", "4"], "sr4"), ("deblur", [], "deblur"),
                                                     ("ct", [], "ct_limited"), ("inpaint", [], "inpaint")])
 def test_patchnr_takes_the_papers_iterations_and_rate_and_the_tuned_weight(files, tmp_path, capsys, monkeypatch,
