@@ -1,7 +1,9 @@
 """Speed, memory and selection error of the chart prior R(x) = mean_i -log p(P_i x), side by side in one run.
 
 Rows (value plus gradient of R for one image, all overlapping patches, stride 1):
-  - extension: the fused patch ops, the fused GMM kernel for the selector and the fused chart kernel;
+  - extension: the fused patch ops, the fused GMM kernel for the selector and the fused chart kernel
+    (its AVX-512 loops where the CPU has them);
+  - extension with the chart kernel's AVX2 loops (PATCHREG_DISABLE_AVX512=1), the path before 2026-12-05;
   - reference: the same algorithm on patchreg's pure-PyTorch path (patchreg.use_backend("reference"));
   - reference, per-pair selection: the reference path as it was before 2026-12-03, when the selector scored
     every (chart, scale) pair with its own Gaussian (P n^2 per patch; now K n^2, the same ranking);
@@ -76,6 +78,7 @@ def speed_rows(model, gmm, rounds, top):
     prior = ChartPrior(model, top_charts=top)
     contenders = {
         "chart prior, extension": lambda: value_and_grad(prior, x),
+        AVX2_ROW: lambda: _with_avx2_loops(lambda: value_and_grad(prior, x)),
         "chart prior, reference (pure PyTorch)": lambda: _with_reference(lambda: value_and_grad(prior, x)),
         OLD_REF: lambda: _with_reference(lambda: _pair_selection(lambda: value_and_grad(prior, x))),
     }
@@ -94,6 +97,20 @@ def speed_rows(model, gmm, rounds, top):
 
 
 OLD_REF = "chart prior, reference, per-pair selection (the path before 2026-12-03)"
+AVX2_ROW = "chart prior, extension with the AVX2 loops (PATCHREG_DISABLE_AVX512=1; the path before 2026-12-05)"
+
+
+def _with_avx2_loops(fn):
+    """fn with the chart kernel's AVX-512 loops switched off (the kernel reads the variable per call)."""
+    saved = os.environ.get("PATCHREG_DISABLE_AVX512")
+    os.environ["PATCHREG_DISABLE_AVX512"] = "1"
+    try:
+        return fn()
+    finally:
+        if saved is None:
+            os.environ.pop("PATCHREG_DISABLE_AVX512", None)
+        else:
+            os.environ["PATCHREG_DISABLE_AVX512"] = saved
 
 
 def _pair_selection(fn):
@@ -252,7 +269,9 @@ def main(argv=None):
     ]
     lines += [f"| {name} | {1000 * t:.0f} |" for name, t in times.items()]
     lines += ["", f"**reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms. "
-              f"Against the reference with the old per-pair selection: {times[OLD_REF] / ext:.1f}x.", ""]
+              f"Against the reference with the old per-pair selection: {times[OLD_REF] / ext:.1f}x. "
+              f"The AVX-512 loops against the AVX2 loops of the same kernel: {times[AVX2_ROW] / ext:.2f}x "
+              f"(reference / AVX2 path: {ref / times[AVX2_ROW]:.1f}x).", ""]
     lines += ["## Where the extension's time goes (one evaluation, torch.profiler self time, ms)", ""]
     for t, (wall, profiled, rows) in breakdown.items():
         listed = sum(ms for _, ms in rows)

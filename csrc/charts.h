@@ -9,7 +9,7 @@
 namespace patchreg {
 namespace charts {
 
-// Points per block: whole AVX2 tiles (2 vectors = 16 floats or 8 doubles).
+// Points per block: whole AVX-512 tiles (2 vectors = 32 floats or 16 doubles), so whole AVX2 tiles too.
 constexpr int64_t kBlock = 32;
 
 // One stacked ResidualMLP: x -> W_out silu(h_L) + b_out, h_0 = W_in x + b_in,
@@ -55,5 +55,18 @@ void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, d
 void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds);
 }  // namespace avx2k
 
+// Same loops, AVX-512; call only when avx512::enabled() (below).
+namespace avx512k {
+void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds);
+void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds);
+}  // namespace avx512k
+
 }  // namespace charts
+
+namespace avx512 {
+// True when this build has the AVX-512 chart kernels, the CPU runs AVX-512F, and neither
+// PATCHREG_DISABLE_AVX512 nor PATCHREG_DISABLE_AVX2 is set to something other than "0".
+bool enabled();
+}  // namespace avx512
+
 }  // namespace patchreg

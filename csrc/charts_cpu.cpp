@@ -274,7 +274,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
   auto chart_lp = at::empty({s.B, K}, x.options());
   auto grad = at::empty({s.B, compute_grad ? s.n : 0}, x.options());
   const double log_const = log_normalizer(s.d) + 0.5 * (s.n - s.d) * std::log(2 * M_PI * sigma * sigma);
-  const bool use_avx2 = avx2::enabled();
+  const bool use_avx512 = avx512::enabled(), use_avx2 = avx2::enabled();
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "charts_log_prob_cpu", [&] {
     using T = scalar_t;
@@ -294,7 +294,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
     at::parallel_for(0, n_blocks, grain, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(size);
       std::vector<double> dscratch(dsize);
-      if (use_avx2)
+      if (use_avx512)
+        avx512k::run_blocks(P, begin, end, scratch.data(), dscratch.data());
+      else if (use_avx2)
         avx2k::run_blocks(P, begin, end, scratch.data(), dscratch.data());
       else
         portable::run_blocks(P, begin, end, scratch.data(), dscratch.data());

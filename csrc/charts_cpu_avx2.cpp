@@ -1,6 +1,7 @@
 // The fused chart kernel's loops (charts_kernel.h) compiled for AVX2/FMA, chosen at run time by
-// avx2::enabled() (gmm_cpu_avx2.cpp). The layers' GEMMs use a 6 x 16 (float) / 6 x 8 (double)
-// register tile: 12 accumulators, 2 loads and 6 broadcasts per 12 FMAs; the float sigmoid uses
+// avx2::enabled() (gmm_cpu_avx2.cpp) when the AVX-512 twin (charts_cpu_avx512.cpp) is not. The layers'
+// GEMMs (simd_gemm.h) use a 6 x 16 (float) / 6 x 8 (double) register tile: 12 accumulators, 2 loads
+// and 6 broadcasts per 12 FMAs; the float sigmoid uses
 // a vectorised exp (Cephes polynomial, ~1 ulp). Everything else is the portable code, which
 // the compiler vectorises for AVX2 here.
 #include "charts.h"
@@ -26,67 +27,15 @@ inline double ksqrt(double v) { return __builtin_sqrt(v); }
 using avx2_vec::F32;
 using avx2_vec::F64;
 
-// C[0:MR, 0:2L] = init[0:MR, 0:2L] (zero if null) + A[0:MR, :] X[:, 0:2L].
-template <class S, int MR>
-inline void gemm_tile(const typename S::T* A, int64_t rs, int64_t cs, int64_t Kd,
-                      const typename S::T* X, int64_t ldx, typename S::T* C, int64_t ldc,
-                      const typename S::T* init) {
-  using V = typename S::V;
-  constexpr int64_t L = S::L;
-  V c0[MR], c1[MR];
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    c0[i] = init != nullptr ? S::load(init + i * ldc) : S::zero();
-    c1[i] = init != nullptr ? S::load(init + i * ldc + L) : S::zero();
-  }
-  for (int64_t q = 0; q < Kd; ++q) {
-    const V x0 = S::load(X + q * ldx), x1 = S::load(X + q * ldx + L);
-    const typename S::T* a = A + q * cs;
-#pragma GCC unroll 6
-    for (int i = 0; i < MR; ++i) {
-      const V w = S::set1(a[i * rs]);
-      c0[i] = S::fmadd(w, x0, c0[i]);
-      c1[i] = S::fmadd(w, x1, c1[i]);
-    }
-  }
-#pragma GCC unroll 6
-  for (int i = 0; i < MR; ++i) {
-    S::store(C + i * ldc, c0[i]);
-    S::store(C + i * ldc + L, c1[i]);
-  }
-}
-
-template <class S>
-void gemm_impl(const typename S::T* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd,
-               const typename S::T* X, int64_t ldx, typename S::T* C, int64_t ldc, int64_t cols,
-               const typename S::T* init) {
-  constexpr int64_t W = 2 * S::L;
-  for (int64_t p0 = 0; p0 < cols; p0 += W) {  // one column panel of X stays in L1 for all rows
-    int64_t r = 0;
-    for (; r + 6 <= M; r += 6)
-      gemm_tile<S, 6>(A + r * rs, rs, cs, Kd, X + p0, ldx, C + r * ldc + p0, ldc,
-                      init == nullptr ? nullptr : init + r * ldc + p0);
-    const auto* a = A + r * rs;
-    auto* c = C + r * ldc + p0;
-    const auto* acc = init == nullptr ? nullptr : init + r * ldc + p0;
-    switch (M - r) {
-      case 5: gemm_tile<S, 5>(a, rs, cs, Kd, X + p0, ldx, c, ldc, acc); break;
-      case 4: gemm_tile<S, 4>(a, rs, cs, Kd, X + p0, ldx, c, ldc, acc); break;
-      case 3: gemm_tile<S, 3>(a, rs, cs, Kd, X + p0, ldx, c, ldc, acc); break;
-      case 2: gemm_tile<S, 2>(a, rs, cs, Kd, X + p0, ldx, c, ldc, acc); break;
-      case 1: gemm_tile<S, 1>(a, rs, cs, Kd, X + p0, ldx, c, ldc, acc); break;
-      default: break;
-    }
-  }
-}
+#include "simd_gemm.h"
 
 inline void gemm(const float* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd, const float* X,
                  int64_t ldx, float* C, int64_t ldc, int64_t cols, const float* init) {
-  gemm_impl<F32>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
+  gemm_impl<F32, 6>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
 }
 inline void gemm(const double* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd, const double* X,
                  int64_t ldx, double* C, int64_t ldc, int64_t cols, const double* init) {
-  gemm_impl<F64>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
+  gemm_impl<F64, 6>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
 }
 
 // exp on 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial).

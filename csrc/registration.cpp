@@ -10,8 +10,9 @@
 #include <sstream>
 #include <string>
 
-#include "gmm_cpu_avx2.h"
+#include "charts.h"
 #include "checks.h"
+#include "gmm_cpu_avx2.h"
 
 // PATCHREG_CUDA_ARCHS is passed bare (-DPATCHREG_CUDA_ARCHS=8.0,9.0) to avoid shell quoting.
 #define PATCHREG_STR_(...) #__VA_ARGS__
@@ -58,6 +59,8 @@ std::string build_info() {
 #endif
   // Whether the GMM kernels run their AVX2/FMA loops (decided at run time, gmm_cpu_avx2.cpp).
   os << "\"avx2\": " << (avx2::enabled() ? "true" : "false") << ", ";
+  // Whether the chart kernel runs its AVX-512 loops (charts_cpu_avx512.cpp).
+  os << "\"avx512\": " << (avx512::enabled() ? "true" : "false") << ", ";
   os << "\"num_threads\": " << at::get_num_threads() << "}";
   return os.str();
 }

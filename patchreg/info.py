@@ -26,6 +26,7 @@ def collect() -> dict:
         "cuda_archs": built.get("cuda_archs", ""),
         "openmp": built.get("openmp"),
         "avx2": built.get("avx2"),
+        "avx512": built.get("avx512"),
         "threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backend": get_backend(),
@@ -45,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compiled kernels: {backends}{archs} [{info['extension_source']}]")
     else:
         print(f"compiled kernels: none ({info['extension_error']})")
-    print(f"OpenMP: {info['openmp']}, threads: {info['threads']}, AVX2/FMA GMM loops: {info['avx2']}")
+    print(f"OpenMP: {info['openmp']}, threads: {info['threads']}, AVX2/FMA GMM loops: {info['avx2']}, "
+          f"AVX-512 chart loops: {info['avx512']}")
     print(f"CUDA device: {info['cuda_device'] or 'none visible'}")
     print(f"backend in use: {info['backend']}")
     return 0

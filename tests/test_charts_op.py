@@ -25,10 +25,12 @@ def kernels():
     return torch.ops.patchreg
 
 
-@pytest.fixture(params=["avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def cpu_path(request, monkeypatch):
-    """Runs a test with the AVX2 loops (where the CPU has them) and with the portable loops."""
+    """Runs a test with the AVX-512 and the AVX2 loops (where the CPU has them; otherwise the next
+    path down runs) and with the portable loops."""
     monkeypatch.setenv("PATCHREG_DISABLE_AVX2", "1" if request.param == "portable" else "0")
+    monkeypatch.setenv("PATCHREG_DISABLE_AVX512", "0" if request.param == "avx512" else "1")
     return request.param
 
 

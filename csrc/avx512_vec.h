@@ -1,0 +1,37 @@
+// AVX-512 vector traits, the 512-bit twins of avx2_vec.h, for the AVX-512 translation unit
+// (charts_cpu_avx512.cpp). Include only after `#pragma GCC target("avx512f,...")` and <immintrin.h>.
+#pragma once
+
+#include <cstdint>
+
+namespace patchreg {
+namespace avx512_vec {
+
+struct F32 {
+  using T = float;
+  using V = __m512;
+  static constexpr int64_t L = 16;
+  static V load(const T* p) { return _mm512_loadu_ps(p); }
+  static void store(T* p, V v) { _mm512_storeu_ps(p, v); }
+  static V set1(T a) { return _mm512_set1_ps(a); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_ps(a, b, c); }
+  static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V zero() { return _mm512_setzero_ps(); }
+};
+
+struct F64 {
+  using T = double;
+  using V = __m512d;
+  static constexpr int64_t L = 8;
+  static V load(const T* p) { return _mm512_loadu_pd(p); }
+  static void store(T* p, V v) { _mm512_storeu_pd(p, v); }
+  static V set1(T a) { return _mm512_set1_pd(a); }
+  static V fmadd(V a, V b, V c) { return _mm512_fmadd_pd(a, b, c); }
+  static V fnmadd(V a, V b, V c) { return _mm512_fnmadd_pd(a, b, c); }
+  static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
+  static V zero() { return _mm512_setzero_pd(); }
+};
+
+}  // namespace avx512_vec
+}  // namespace patchreg
