@@ -19,6 +19,17 @@ struct F32 {
   static V fnmadd(V a, V b, V c) { return _mm256_fnmadd_ps(a, b, c); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
   static V zero() { return _mm256_setzero_ps(); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V min(V a, V b) { return _mm256_min_ps(a, b); }
+  static V max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V floor(V a) { return _mm256_floor_ps(a); }
+  static V rcp(V a) { return _mm256_rcp_ps(a); }  // approximate 1 / a
+  // 2^n for integral n (|n| < 127): n + 127 placed in the exponent field.
+  static V pow2i(V n) {
+    return _mm256_castsi256_ps(
+        _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23));
+  }
 };
 
 struct F64 {

@@ -1,9 +1,9 @@
 // The fused chart kernel's loops (charts_kernel.h) compiled for AVX2/FMA, chosen at run time by
 // avx2::enabled() (gmm_cpu_avx2.cpp) when the AVX-512 twin (charts_cpu_avx512.cpp) is not. The layers'
 // GEMMs (simd_gemm.h) use a 6 x 16 (float) / 6 x 8 (double) register tile: 12 accumulators, 2 loads
-// and 6 broadcasts per 12 FMAs; the float sigmoid uses
-// a vectorised exp (Cephes polynomial, ~1 ulp). Everything else is the portable code, which
-// the compiler vectorises for AVX2 here.
+// and 6 broadcasts per 12 FMAs; the float sigmoid (simd_sigmoid.h) uses a vectorised exp (Cephes
+// polynomial, ~1 ulp). Everything else is the portable code, which the compiler vectorises for
+// AVX2 here.
 #include "charts.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
@@ -38,41 +38,7 @@ inline void gemm(const double* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd,
   gemm_impl<F64, 6>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
 }
 
-// exp on 8 floats: Cephes expf (range reduction by ln 2 in two parts, degree-5 polynomial).
-inline __m256 exp_ps(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 fx = _mm256_floor_ps(
-      _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), x);
-  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
-  __m256i e = _mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127));
-  return _mm256_mul_ps(y, _mm256_castsi256_ps(_mm256_slli_epi32(e, 23)));
-}
-
-inline void sigmoid(const float* h, float* s, int64_t count) {
-  const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f), zero = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= count; i += 8) {
-    // 1 / (1 + e) by the approximate reciprocal and one Newton step (~1 ulp, cheaper than a division)
-    const __m256 den = _mm256_add_ps(one, exp_ps(_mm256_sub_ps(zero, _mm256_loadu_ps(h + i))));
-    const __m256 r = _mm256_rcp_ps(den);
-    _mm256_storeu_ps(s + i, _mm256_mul_ps(r, _mm256_fnmadd_ps(den, r, two)));
-  }
-  for (; i < count; ++i) s[i] = 1.0f / (1.0f + __builtin_expf(-h[i]));
-}
-
-inline void sigmoid(const double* h, double* s, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) s[i] = 1.0 / (1.0 + __builtin_exp(-h[i]));
-}
-
+#include "simd_sigmoid.h"
 #include "charts_kernel.h"
 
 void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds) {

@@ -2,7 +2,7 @@
 // avx512::enabled() (below) before the AVX2 twin (charts_cpu_avx2.cpp). The layers' GEMMs
 // (simd_gemm.h) use an 8 x 32 (float) / 8 x 16 (double) register tile: 16 of the 32 vector
 // registers accumulate, 2 loads and 8 broadcasts per 16 FMAs, twice the work per instruction of
-// the AVX2 tile. The float sigmoid uses the same Cephes exp as the AVX2 file, 16 lanes at a time.
+// the AVX2 tile. The float sigmoid (simd_sigmoid.h) is the AVX2 file's, 16 lanes at a time.
 // Everything else is the portable code, which the compiler vectorises for AVX-512 here.
 #include "charts.h"
 
@@ -63,42 +63,7 @@ inline void gemm(const double* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd,
   gemm_impl<F64, 8>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
 }
 
-// exp on 16 floats: Cephes expf, as exp_ps in charts_cpu_avx2.cpp.
-inline __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 fx = _mm512_roundscale_ps(
-      _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f)),
-      _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
-  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
-  __m512 y = _mm512_set1_ps(1.9875691500e-4f);
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507e-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073e-3f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894e-2f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459e-1f));
-  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201e-1f));
-  y = _mm512_fmadd_ps(y, _mm512_mul_ps(x, x), x);
-  y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
-  const __m512i e = _mm512_add_epi32(_mm512_cvttps_epi32(fx), _mm512_set1_epi32(127));
-  return _mm512_mul_ps(y, _mm512_castsi512_ps(_mm512_slli_epi32(e, 23)));
-}
-
-inline void sigmoid(const float* h, float* s, int64_t count) {
-  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f), zero = _mm512_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= count; i += 16) {
-    // 1 / (1 + e) by the 14-bit reciprocal and one Newton step (cheaper than a division)
-    const __m512 den = _mm512_add_ps(one, exp_ps(_mm512_sub_ps(zero, _mm512_loadu_ps(h + i))));
-    const __m512 r = _mm512_rcp14_ps(den);
-    _mm512_storeu_ps(s + i, _mm512_mul_ps(r, _mm512_fnmadd_ps(den, r, two)));
-  }
-  for (; i < count; ++i) s[i] = 1.0f / (1.0f + __builtin_expf(-h[i]));
-}
-
-inline void sigmoid(const double* h, double* s, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) s[i] = 1.0 / (1.0 + __builtin_exp(-h[i]));
-}
-
+#include "simd_sigmoid.h"
 #include "charts_kernel.h"
 
 void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds) {
