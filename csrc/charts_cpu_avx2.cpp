@@ -20,33 +20,11 @@ namespace patchreg {
 namespace charts {
 namespace avx2k {
 
-inline double kexp(double v) { return __builtin_exp(v); }
-inline double klog(double v) { return __builtin_log(v); }
-inline double ksqrt(double v) { return __builtin_sqrt(v); }
-
 using avx2_vec::F32;
 using avx2_vec::F64;
+constexpr int kGemmRows = 6;  // rows of the GEMM register tile (2 x kGemmRows accumulators)
 
-#include "simd_gemm.h"
-
-inline void gemm(const float* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd, const float* X,
-                 int64_t ldx, float* C, int64_t ldc, int64_t cols, const float* init) {
-  gemm_impl<F32, 6>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
-}
-inline void gemm(const double* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd, const double* X,
-                 int64_t ldx, double* C, int64_t ldc, int64_t cols, const double* init) {
-  gemm_impl<F64, 6>(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init);
-}
-
-#include "simd_sigmoid.h"
-#include "charts_kernel.h"
-
-void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds) {
-  run_blocks_impl(p, begin, end, s, ds);
-}
-void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds) {
-  run_blocks_impl(p, begin, end, s, ds);
-}
+#include "charts_simd_loops.h"
 
 }  // namespace avx2k
 }  // namespace charts

@@ -1,5 +1,6 @@
-// The loops of the fused chart-mixture kernel (see charts_cpu.cpp for the maths), compiled twice:
-// by charts_cpu.cpp (portable) and charts_cpu_avx2.cpp (after `#pragma GCC target("avx2,fma")`).
+// The loops of the fused chart-mixture kernel (see charts_cpu.cpp for the maths), compiled three
+// times: by charts_cpu.cpp (portable), and through charts_simd_loops.h by charts_cpu_avx2.cpp
+// (after `#pragma GCC target("avx2,fma")`) and charts_cpu_avx512.cpp (AVX-512).
 // Each includer first opens namespace patchreg::charts::PATCHREG_CHARTS_NS and defines there
 //   gemm(A, rs, cs, M, Kd, X, ldx, C, ldc, cols, init):
 //       C[r][p] = init[r][p] + sum_k A[r*rs + k*cs] X[k*ldx + p], r < M, p < cols (a multiple
