@@ -125,7 +125,9 @@ class Runners:
     def _splitting(self, prior, dim, task, op, y, sigma, restore):
         y = y.to(getattr(torch, self.args.precision))
         if task.startswith("denoise"):
-            return restore(y, None, sigma).double()
+            scale = self.args.epll_lam_scale if prior == "epll" else 1.0
+            lam = None if scale == 1.0 else scale * dim / sigma**2  # None: the library default d / sigma^2
+            return restore(y, None, sigma, lam=lam).double()
         x0 = op.initial_guess(y) if hasattr(op, "initial_guess") else None
         op, y = weighted_problem(op, y)  # Poisson counts: the whitened weighted least squares
         if self.args.hqs_start is not None:  # image-domain noise level the schedule starts from
@@ -192,7 +194,8 @@ def patchnr_schedule(task: str, args) -> tuple[int, float]:
 def cell_settings(prior: str, args, task: str) -> dict:
     """What a row's numbers depend on beyond the task and image (older rows lack it: float64, top 2)."""
     if prior in ("epll", "charts"):
-        extra = {"top_charts": args.top_charts} if prior == "charts" else {}
+        extra = {"top_charts": args.top_charts} if prior == "charts" else \
+            ({"lam_scale": args.epll_lam_scale} if args.epll_lam_scale != 1.0 else {})
         return {"precision": args.precision, "hqs_start": args.hqs_start, **extra}
     if prior == "patchnr":
         steps, lr = patchnr_schedule(task, args)
@@ -242,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patchnr-patches", type=int, default=40_000)
     ap.add_argument("--patchnr-steps", type=int, default=None, help="patchnr: Adam iterations (default PATCHNR_STEPS)")
     ap.add_argument("--patchnr-lr", type=float, default=None, help="patchnr: Adam learning rate (default PATCHNR_LR)")
+    ap.add_argument("--epll-lam-scale", type=float, default=1.0,
+                    help="epll, denoising: lam = SCALE * d / sigma^2 (1: the paper's and the library's default)")
     ap.add_argument("--patchnr-lam-scale", type=float, default=1.0,
                     help="patchnr: lam = SCALE * n_image_patches / d (1: EPLL's MAP energy, the CLI's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="patchnr's device (the others run on the CPU)")
