@@ -7,6 +7,10 @@ Rows (value plus gradient of R for one image, all overlapping patches, stride 1)
   - reference: the same algorithm on patchreg's pure-PyTorch path (patchreg.use_backend("reference"));
   - reference, per-pair selection: the reference path as it was before 2026-12-03, when the selector scored
     every (chart, scale) pair with its own Gaussian (P n^2 per patch; now K n^2, the same ranking);
+  - extension in bfloat16 (ChartPrior(precision="bfloat16"), where the CPU has AMX-BF16): the chart kernel's
+    decoder tangent GEMMs as bfloat16 AMX tile products, the rest float32; its R and gradient against the
+    float32 reference are reported beside the time, and its denoising PSNR against float32 by
+    bench/chart_prior_bf16_psnr.py;
   - EPLL's GMM.nll (value plus autograd gradient, fused GMM kernel) for scale.
 The contenders alternate within every round (machine noise hits them alike); medians are reported.
 Selection error: |log p(top m charts) - log p(all K charts)| per patch over the test image's patches
@@ -41,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 import patchreg  # noqa: E402
 from patchreg.data import load_set12, to_tensor  # noqa: E402
 from patchreg.priors import GMM, ChartPrior, PatchCharts  # noqa: E402
+from patchreg.ops.charts import charts_bf16_supported  # noqa: E402
 from patchreg.priors.chart_prior import chart_patch_log_prob  # noqa: E402
 
 
@@ -82,6 +87,9 @@ def speed_rows(model, gmm, rounds, top):
         "chart prior, reference (pure PyTorch)": lambda: _with_reference(lambda: value_and_grad(prior, x)),
         OLD_REF: lambda: _with_reference(lambda: _pair_selection(lambda: value_and_grad(prior, x))),
     }
+    prior_bf16 = ChartPrior(model, top_charts=top, precision="bfloat16") if charts_bf16_supported() else None
+    if prior_bf16 is not None:
+        contenders[BF16_ROW] = lambda: value_and_grad(prior_bf16, x)
     if gmm is not None:
         contenders["EPLL GMM.nll (K=%d), extension" % gmm.n_components] = lambda: value_and_grad(gmm, x)
     for fn in contenders.values():  # warm-up (weights cast, allocator)
@@ -93,10 +101,16 @@ def speed_rows(model, gmm, rounds, top):
     v_ext, g_ext = value_and_grad(prior, x)
     v_ref, g_ref = _with_reference(lambda: value_and_grad(prior, x))
     agreement = dict(value=abs(v_ext - v_ref) / abs(v_ref), grad=float((g_ext - g_ref).abs().max() / g_ref.abs().max()))
+    if prior_bf16 is not None:
+        v_lp, g_lp = value_and_grad(prior_bf16, x)
+        agreement.update(bf16_value=abs(v_lp - v_ref) / abs(v_ref), bf16_value_abs=abs(v_lp - v_ref),
+                         bf16_grad=float((g_lp - g_ref).abs().max() / g_ref.abs().max()),
+                         bf16_grad_norm=float((g_lp - g_ref).norm() / g_ref.norm()))
     return {name: statistics.median(t) for name, t in times.items()}, agreement
 
 
 OLD_REF = "chart prior, reference, per-pair selection (the path before 2026-12-03)"
+BF16_ROW = "chart prior, extension, bfloat16 decoder tangents on AMX (precision='bfloat16')"
 AVX2_ROW = "chart prior, extension with the AVX2 loops (PATCHREG_DISABLE_AVX512=1; the path before 2026-12-05)"
 
 
@@ -268,7 +282,15 @@ def main(argv=None):
         "|---|---|",
     ]
     lines += [f"| {name} | {1000 * t:.0f} |" for name, t in times.items()]
-    lines += ["", f"**reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms. "
+    if BF16_ROW in times:
+        lines += ["", f"**bfloat16: reference / extension = {ref / times[BF16_ROW]:.1f}x** (goal >= 10x); extension in "
+                  f"bfloat16 {1000 * times[BF16_ROW]:.0f} ms, {ext / times[BF16_ROW]:.2f}x the float32 extension. Its R "
+                  f"against the float32 reference: {agreement['bf16_value_abs']:.1e} nats per patch "
+                  f"(relative {agreement['bf16_value']:.1e}); gradient: max abs error / max abs "
+                  f"{agreement['bf16_grad']:.1e}, relative L2 error {agreement['bf16_grad_norm']:.1e}."]
+    else:
+        lines += ["", "No bfloat16 row: this CPU or build has no AMX-BF16 chart loops (charts_bf16_supported() False)."]
+    lines += ["", f"**float32: reference / extension = {ref / ext:.1f}x** (goal >= 10x); extension {1000 * ext:.0f} ms. "
               f"Against the reference with the old per-pair selection: {times[OLD_REF] / ext:.1f}x. "
               f"The AVX-512 loops against the AVX2 loops of the same kernel: {times[AVX2_ROW] / ext:.2f}x "
               f"(reference / AVX2 path: {ref / times[AVX2_ROW]:.1f}x).", ""]

@@ -23,6 +23,10 @@ struct Mlp {
   const T* const* blk_b;  // 2 * blocks pointers to (K, width)
   const T* out_w;         // (K, out, width)
   const T* out_b;         // (K, out)
+  // bfloat16 copies of blk_w (row-major) and of their transposes, for the AMX loops' tangent
+  // columns (charts_cpu_amx.cpp); null: every layer in T.
+  const uint16_t* const* blk_w_bf16 = nullptr;
+  const uint16_t* const* blk_wt_bf16 = nullptr;
 };
 
 // The frame (centre, basis, scale) is folded into enc.in_* and dec.out_*, so the encoder reads
@@ -61,7 +65,19 @@ void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, d
 void run_blocks(const Problem<double>& p, int64_t begin, int64_t end, double* s, double* ds);
 }  // namespace avx512k
 
+// Same loops, AVX-512 with the decoder's tangent columns through AMX-BF16 tiles (the value columns
+// and the encoder stay in float32); float only; call only when amx::enabled() (below).
+namespace amxk {
+void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds);
+}  // namespace amxk
+
 }  // namespace charts
+
+namespace amx {
+// True when this build has the AMX chart loops, the CPU has AMX-BF16, AVX512-BF16 and AVX-512BW,
+// the OS granted this process the AMX tile state, and PATCHREG_DISABLE_AMX is unset or "0".
+bool enabled();
+}  // namespace amx
 
 namespace avx512 {
 // True when this build has the AVX-512 chart kernels, the CPU runs AVX-512F, and neither

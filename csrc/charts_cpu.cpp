@@ -23,6 +23,7 @@
 #include <cmath>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "charts.h"
@@ -257,13 +258,25 @@ Mlp<T> make_mlp(const std::vector<at::Tensor>& t, const MlpShape& s, int64_t in,
           t[count - 2].data_ptr<T>(), t[count - 1].data_ptr<T>()};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
+inline void run_amx(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds) {
+  amxk::run_blocks(p, begin, end, s, ds);
+}
+inline void run_amx(const Problem<double>&, int64_t, int64_t, double*, double*) {}  // bf16: float only
+
+// bf16: the decoder's residual-block layers on the tangent columns in bfloat16 on AMX tiles
+// (charts_cpu_amx.cpp); float32 x only.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu_impl(
     const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
     const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
-    const at::Tensor& log_alpha, double sigma, bool compute_grad) {
+    const at::Tensor& log_alpha, double sigma, bool compute_grad, bool bf16) {
   const Shape s = check_charts(x, center, basis, scale, encoder, decoder, log_alpha, sigma);
   TORCH_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for this kernel");
   const auto dtype = x.scalar_type();
+  if (bf16) {
+    TORCH_CHECK_TYPE(dtype == at::kFloat, "charts_log_prob_bf16 takes float32 x, got ", dtype);
+    TORCH_CHECK(amx::enabled(), "charts_log_prob_bf16 needs a CPU with AMX-BF16, AVX512-BF16 and "
+                "AVX-512BW, and PATCHREG_DISABLE_AMX unset (patchreg.ops.charts_bf16_supported())");
+  }
   const int64_t K = s.K;
 
   std::vector<at::Tensor> enc, dec;
@@ -291,9 +304,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
          (1 + s.d) * s.dec.width * (s.n + 2 * s.dec.width * s.dec.blocks)) * (compute_grad ? 2 : 1);
     const int64_t grain = std::max<int64_t>(1, static_cast<int64_t>(4e6 / per_block));
     const int64_t size = portable::scratch_size(P), dsize = portable::dscratch_size(s.d);
+    // bf16: the decoder's block weights and their transposes in bfloat16 (round to nearest even).
+    std::vector<at::Tensor> lowp;
+    std::vector<const uint16_t*> wb, wtb;
+    {
+      if (bf16) {
+        for (int64_t i = 0; i < 2 * s.dec.blocks; ++i) {
+          lowp.push_back(dec[2 + 2 * i].to(at::kBFloat16).contiguous());
+          lowp.push_back(dec[2 + 2 * i].transpose(1, 2).to(at::kBFloat16).contiguous());
+          wb.push_back(reinterpret_cast<const uint16_t*>(lowp[lowp.size() - 2].data_ptr()));
+          wtb.push_back(reinterpret_cast<const uint16_t*>(lowp.back().data_ptr()));
+        }
+        P.dec.blk_w_bf16 = wb.data();
+        P.dec.blk_wt_bf16 = wtb.data();
+      }
+    }
     at::parallel_for(0, n_blocks, grain, [&](int64_t begin, int64_t end) {
       std::vector<T> scratch(size);
       std::vector<double> dscratch(dsize);
+      if (bf16) {
+        run_amx(P, begin, end, scratch.data(), dscratch.data());
+        return;
+      }
       if (use_avx512)
         avx512k::run_blocks(P, begin, end, scratch.data(), dscratch.data());
       else if (use_avx2)
@@ -305,6 +337,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
   return {log_prob, chart_lp, grad};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
+    const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
+    const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
+    const at::Tensor& log_alpha, double sigma, bool compute_grad) {
+  return charts_log_prob_cpu_impl(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
+                                  compute_grad, false);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_bf16_cpu(
+    const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
+    const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
+    const at::Tensor& log_alpha, double sigma, bool compute_grad) {
+  return charts_log_prob_cpu_impl(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
+                                  compute_grad, true);
+}
+
+bool charts_bf16_supported() { return amx::enabled(); }
+
 }  // namespace
 }  // namespace charts
 }  // namespace patchreg
@@ -314,8 +364,15 @@ TORCH_LIBRARY_FRAGMENT(patchreg, m) {
       "charts_log_prob(Tensor x, Tensor center, Tensor basis, Tensor scale, Tensor[] encoder, "
       "Tensor[] decoder, Tensor log_alpha, float sigma, bool compute_grad) -> "
       "(Tensor log_prob, Tensor chart_log_prob, Tensor grad_x)");
+  // The same with the decoder's tangent GEMMs in bfloat16 on AMX (CPU, float32 only).
+  m.def(
+      "charts_log_prob_bf16(Tensor x, Tensor center, Tensor basis, Tensor scale, Tensor[] encoder, "
+      "Tensor[] decoder, Tensor log_alpha, float sigma, bool compute_grad) -> "
+      "(Tensor log_prob, Tensor chart_log_prob, Tensor grad_x)");
+  m.def("charts_bf16_supported() -> bool", &patchreg::charts::charts_bf16_supported);
 }
 
 TORCH_LIBRARY_IMPL(patchreg, CPU, m) {
   m.impl("charts_log_prob", &patchreg::charts::charts_log_prob_cpu);
+  m.impl("charts_log_prob_bf16", &patchreg::charts::charts_log_prob_bf16_cpu);
 }

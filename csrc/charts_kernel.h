@@ -19,6 +19,7 @@ struct Scratch {
   T *ybar, *sbar, *r1, *r2, *zbar;       // reverse mode through the decoder
   T *ebar, *e1, *e2, *gk, *gacc;         // reverse mode through the encoder; gradients
   T *rmax, *rsum, *scale, *weight;       // online logsumexp over charts
+  T *vnni;                               // the AMX loops' bfloat16 copy of a layer's tangent input
 };
 
 // Carves the scratch (base == nullptr: only counts) and returns its size in values of T.
@@ -63,6 +64,7 @@ int64_t layout(const Problem<T>& P, T* base, Scratch<T>* s) {
   take(&s->rsum, NB);
   take(&s->scale, NB);
   take(&s->weight, NB);
+  take(&s->vnni, Wd * d * NB / 2 + 16);
   return off;
 }
 
@@ -131,23 +133,37 @@ void act_backward(const T* S, const T* sig, const T* Abar, T* Sbar, int64_t rows
   }
 }
 
+#ifndef PATCHREG_CHARTS_BLOCK_GEMM
+// The GEMM of residual-block layer `layer` (0 .. 2 blocks - 1) of chart k on `groups` column groups:
+// C = init + W X, or W^T X when transposed. The AMX loops (charts_amx_gemm.h) replace it; `work`
+// is their scratch.
+template <typename T>
+inline void block_gemm(const Mlp<T>& m, int64_t k, int64_t layer, bool transposed, const T* X,
+                       int64_t ld, T* C, const T* init, int64_t groups, T* work) {
+  (void)work;
+  const int64_t W = m.width;
+  gemm(m.blk_w[layer] + k * W * W, transposed ? int64_t(1) : W, transposed ? W : int64_t(1), W, W,
+       X, ld, C, ld, groups * kBlock, init);
+}
+#endif
+
 // Forward pass of chart k's MLP on `groups` column groups (1: values only). Saves h_l, b_l and
 // their sigmoids in H (L+1 slices), Bs (L slices), sH, sB; act is a work buffer; out gets the
 // output rows (value columns get the bias). The input rows X must already hold (x | tangents)
 // pushed through W_in: H[0] is filled by the caller.
 template <typename T>
 void mlp_blocks(const Mlp<T>& m, int64_t k, int64_t groups, T* H, T* sH, T* Bs, T* sB, T* act,
-                T* out, int64_t ld_out) {
+                T* out, int64_t ld_out, T* work) {
   const int64_t W = m.width, NB = kBlock, ld = groups * NB, slice = W * ld, sslice = W * NB;
   for (int64_t l = 0; l < m.blocks; ++l) {
     T* h = H + l * slice;
     T* b = Bs + l * slice;
     act_forward(h, sH + l * sslice, act, W, groups);
-    gemm(m.blk_w[2 * l] + k * W * W, W, int64_t(1), W, W, act, ld, b, ld, ld, nullptr);
+    block_gemm(m, k, 2 * l, false, act, ld, b, static_cast<const T*>(nullptr), groups, work);
     add_bias(b, ld, m.blk_b[2 * l] + k * W, W);
     act_forward(b, sB + l * sslice, act, W, groups);
     T* next = h + slice;  // h_{l+1} = h_l + W_{l,1} act + b_{l,1}
-    gemm(m.blk_w[2 * l + 1] + k * W * W, W, int64_t(1), W, W, act, ld, next, ld, ld, h);
+    block_gemm(m, k, 2 * l + 1, false, act, ld, next, static_cast<const T*>(h), groups, work);
     add_bias(next, ld, m.blk_b[2 * l + 1] + k * W, W);
   }
   act_forward(H + m.blocks * slice, sH + m.blocks * sslice, act, W, groups);
@@ -159,14 +175,14 @@ void mlp_blocks(const Mlp<T>& m, int64_t k, int64_t groups, T* H, T* sH, T* Bs, 
 template <typename T>
 void mlp_blocks_backward(const Mlp<T>& m, int64_t k, int64_t groups, const T* H, const T* sH,
                          const T* Bs, const T* sB, const T* Obar, int64_t ld_obar, T* Hbar, T* r1,
-                         T* r2) {
+                         T* r2, T* work) {
   const int64_t W = m.width, NB = kBlock, ld = groups * NB, slice = W * ld, sslice = W * NB;
   gemm(m.out_w + k * m.out * W, int64_t(1), W, W, m.out, Obar, ld_obar, r1, ld, ld, nullptr);
   act_backward(H + m.blocks * slice, sH + m.blocks * sslice, r1, Hbar, W, groups, false);
   for (int64_t l = m.blocks - 1; l >= 0; --l) {
-    gemm(m.blk_w[2 * l + 1] + k * W * W, int64_t(1), W, W, W, Hbar, ld, r1, ld, ld, nullptr);
+    block_gemm(m, k, 2 * l + 1, true, Hbar, ld, r1, static_cast<const T*>(nullptr), groups, work);
     act_backward(Bs + l * slice, sB + l * sslice, r1, r2, W, groups, false);
-    gemm(m.blk_w[2 * l] + k * W * W, int64_t(1), W, W, W, r2, ld, r1, ld, ld, nullptr);
+    block_gemm(m, k, 2 * l, true, r2, ld, r1, static_cast<const T*>(nullptr), groups, work);
     act_backward(H + l * slice, sH + l * sslice, r1, Hbar, W, groups, true);
   }
 }
@@ -263,7 +279,7 @@ void run_blocks_impl(const Problem<T>& P, int64_t begin, int64_t end, T* base, d
       // Encoder (values only): z = E(x), frame folded into its input layer.
       gemm(enc.in_w + k * We * n, n, int64_t(1), We, n, s.xt, NB, s.eh, NB, NB, nullptr);
       add_bias(s.eh, NB, enc.in_b + k * We, We);
-      mlp_blocks(enc, k, int64_t(1), s.eh, s.es, s.eb, s.esb, s.ea, s.z, NB);
+      mlp_blocks(enc, k, int64_t(1), s.eh, s.es, s.eb, s.esb, s.ea, s.z, NB, s.vnni);
 
       // Decoder with the d tangents e_j: the input layer's tangent is W_in itself.
       const T* dw = dec.in_w + k * Wd * d;
@@ -274,7 +290,7 @@ void run_blocks_impl(const Problem<T>& P, int64_t begin, int64_t end, T* base, d
           T* t = s.S + f * C + (1 + j) * NB;
           for (int64_t p = 0; p < NB; ++p) t[p] = dw[f * d + j];
         }
-      mlp_blocks(dec, k, 1 + d, s.S, s.ss, s.Bm, s.sb, s.A, s.Y, C);
+      mlp_blocks(dec, k, 1 + d, s.S, s.ss, s.Bm, s.sb, s.A, s.Y, C, s.vnni);
 
       // Per point: residual, Gram matrix J^T J (lower triangle), |z|.
       T res[kBlock], rz[kBlock];
@@ -329,13 +345,14 @@ void run_blocks_impl(const Problem<T>& P, int64_t begin, int64_t end, T* base, d
           }
         }
         // Back through the decoder (its second derivatives enter via silu'') to z.
-        mlp_blocks_backward(dec, k, 1 + d, s.S, s.ss, s.Bm, s.sb, s.ybar, C, s.sbar, s.r1, s.r2);
+        mlp_blocks_backward(dec, k, 1 + d, s.S, s.ss, s.Bm, s.sb, s.ybar, C, s.sbar, s.r1, s.r2,
+                            s.vnni);
         gemm(dw, int64_t(1), d, d, Wd, s.sbar, C, s.zbar, NB, NB, nullptr);
         for (int64_t j = 0; j < d; ++j)  // prior: -U'(r) z / r
           for (int64_t p = 0; p < NB; ++p) s.zbar[j * NB + p] -= s.dU[p] * s.z[j * NB + p];
         // Back through the encoder to x, plus the residual's direct term -(x - x_hat)/sigma^2.
         mlp_blocks_backward(enc, k, int64_t(1), s.eh, s.es, s.eb, s.esb, s.zbar, NB, s.ebar, s.e1,
-                            s.e2);
+                            s.e2, s.vnni);
         gemm(enc.in_w + k * We * n, int64_t(1), n, n, We, s.ebar, NB, s.gk, NB, NB, nullptr);
         for (int64_t m = 0; m < n; ++m) {
           T* g = s.gk + m * NB;

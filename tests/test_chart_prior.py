@@ -365,8 +365,8 @@ def test_a_nan_chart_value_counts_as_zero_density(monkeypatch):
     poisoned_chart = int(model.pairs()[sel[5, 0], 0])
     run = cp._run_chart
 
-    def poisoned(model_, x, params, k, scales, extra_variance, compute_grad):
-        total, grad = run(model_, x, params, k, scales, extra_variance, compute_grad)
+    def poisoned(model_, x, params, k, scales, extra_variance, compute_grad, precision="float32"):
+        total, grad = run(model_, x, params, k, scales, extra_variance, compute_grad, precision)
         if k == poisoned_chart:
             total, grad = total.clone(), grad.clone()
             total[0] = math.nan

@@ -26,9 +26,11 @@ from .._checks import check_same_device, check_tensor
 from ..backend import use_extension
 from ..reference.charts import _n_blocks, charts_log_prob
 
-__all__ = ["charts_log_prob_fused", "mlp_weight_list"]
+__all__ = ["PRECISIONS", "charts_bf16_supported", "charts_log_prob_fused", "mlp_weight_list"]
 
 _OP = "charts_log_prob"
+_OP_BF16 = "charts_log_prob_bf16"  # the decoder's tangent GEMMs in bfloat16 on AMX tiles (CPU, float32)
+PRECISIONS = ("float32", "bfloat16")
 
 
 def mlp_weight_list(params: dict, prefix: str) -> list[torch.Tensor]:
@@ -109,7 +111,29 @@ def _reference(x, params, log_alpha, sigma, compute_grad):
     return total, chart, grad
 
 
-def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor, sigma, compute_grad: bool = True):
+def charts_bf16_supported() -> bool:
+    """True when the CPU kernel's bfloat16 mode runs here: the extension is in use and built with it, the CPU
+    has AMX-BF16 (and AVX512-BF16, AVX-512BW), the OS grants the tile state, PATCHREG_DISABLE_AMX is unset."""
+    if not (use_extension() and kernels_compiled() and hasattr(torch.ops.patchreg, "charts_bf16_supported")):
+        return False
+    return bool(torch.ops.patchreg.charts_bf16_supported())
+
+
+def check_precision(precision: str, dtype: torch.dtype | None = None) -> str:
+    """precision validated: "float32" (or the input's dtype) or "bfloat16" (float32 inputs, a CPU with AMX)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "bfloat16":
+        if dtype is not None and dtype != torch.float32:
+            raise TypeError(f"precision='bfloat16' takes float32 inputs, got {dtype}")
+        if not charts_bf16_supported():
+            raise ValueError("precision='bfloat16' needs the compiled extension on a CPU with AMX-BF16 "
+                             "(patchreg.ops.charts_bf16_supported() is False here); use precision='float32'")
+    return precision
+
+
+def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor, sigma, compute_grad: bool = True,
+                          precision: str = "float32"):
     """(log p(x) (B,), log p_k(x) (B, K), d log p / dx (B, n)) of the chart mixture, in one fused pass.
 
     params: the dict of `patchreg.charts.stack_mlp_charts(model)`; log_alpha (K,) the log mixing
@@ -118,7 +142,13 @@ def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor
     respect to x (its backward reuses the gradient, so compute_grad is forced on when x requires
     grad); the other outputs carry no graph. Same numbers as patchreg.reference.charts.charts_log_prob, except
     that a non-positive-definite J^T J gives NaN in the kernel where the reference raises.
+    precision="bfloat16" (float32 x on a CPU with AMX, `charts_bf16_supported()`): the decoder's residual-block
+    layers on the d tangent columns run as bfloat16 products with float32 sums; x_hat, the residual, the encoder
+    and everything elementwise stay float32, so only J (log det J^T J and its gradient) sees bfloat16 rounding.
+    Where the CPU kernel does not run (the reference backend, CUDA, parameter gradients) it is float32.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     encoder, decoder, sigma_value = _check(x, params, log_alpha, sigma)
     if torch.is_grad_enabled() and x.requires_grad:
         compute_grad = True
@@ -127,6 +157,12 @@ def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor
         any(t.requires_grad for t in tensors) or (isinstance(sigma, torch.Tensor) and sigma.requires_grad)
     )
     if _kernel_for(x) and not params_need_grad:
+        if precision == "bfloat16" and x.device.type == "cpu":
+            check_precision(precision, x.dtype)
+            return torch.ops.patchreg.charts_log_prob_bf16(
+                x, params["center"], params["basis"], params["scale"], encoder, decoder, log_alpha, sigma_value,
+                compute_grad,
+            )
         return torch.ops.patchreg.charts_log_prob(
             x, params["center"], params["basis"], params["scale"], encoder, decoder, log_alpha, sigma_value,
             compute_grad,
@@ -157,6 +193,8 @@ def _register() -> None:
         return x.new_empty(B), x.new_empty(B, center.shape[0]), x.new_empty(B, n if compute_grad else 0)
 
     torch.library.register_fake(name, fake)
+    if hasattr(torch.ops.patchreg, _OP_BF16):
+        torch.library.register_fake("patchreg::" + _OP_BF16, fake)
     if hasattr(torch.ops.patchreg, "charts_log_prob_simt"):  # the CUDA thread program on the CPU (tests)
         torch.library.register_fake("patchreg::charts_log_prob_simt", fake)
 
@@ -176,6 +214,8 @@ def _register() -> None:
                 None, None, None)
 
     torch.library.register_autograd(name, backward, setup_context=setup_context)
+    if hasattr(torch.ops.patchreg, _OP_BF16):
+        torch.library.register_autograd("patchreg::" + _OP_BF16, backward, setup_context=setup_context)
 
 
 _extension.on_load(_register)

@@ -32,7 +32,7 @@ import math
 import torch
 
 from .._checks import check_int, check_tensor
-from ..ops.charts import charts_log_prob_fused
+from ..ops.charts import check_precision, charts_log_prob_fused
 from ..ops.gmm import gmm_log_prob
 from ..ops.patches import extract_patches, extract_patches_at
 from ._patch_images import check_patch_image, random_positions
@@ -141,7 +141,7 @@ def _chart_entries(model: PatchCharts, N: int, selection, device):
             yield k, rows, slots, selection[rows, slots]
 
 
-def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute_grad):
+def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute_grad, precision="float32"):
     """Chart k's fused op on the rescaled points x = c / s (R, n): (log p_k(x) (R,), d log p_k / dx (R, n) or None).
 
     One kernel call for all scales of the chart when extra_variance is 0 (sigma_k in the chart's units is
@@ -157,14 +157,15 @@ def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute
     one = params.chart(k) if isinstance(params, _Stacked) else {name: v[k : k + 1] for name, v in params.items()}
     zero = x.new_zeros(1)
     if extra_variance == 0:
-        t, _, g = charts_log_prob_fused(x, one, zero, math.sqrt(sigma2), compute_grad=compute_grad)
+        t, _, g = charts_log_prob_fused(x, one, zero, math.sqrt(sigma2), compute_grad=compute_grad,
+                                        precision=precision)
         return t, (g if compute_grad else None)
     total = x.new_empty(len(x))
     grad = x.new_empty(x.shape) if compute_grad else None
     for s in scales.unique().tolist():
         sel = (scales == s).nonzero()[:, 0]
         t, _, g = charts_log_prob_fused(x[sel], one, zero, math.sqrt(sigma2 + extra_variance / s**2),
-                                        compute_grad=compute_grad)
+                                        compute_grad=compute_grad, precision=precision)
         total[sel] = t
         if compute_grad:
             grad[sel] = g
@@ -201,7 +202,7 @@ def _buffer(workspace: dict | None, name: str, shape, like: torch.Tensor) -> tor
 
 
 def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTable, extra_variance, compute_grad,
-                   workspace=None):
+                   workspace=None, precision="float32"):
     """chart_patch_log_prob on one chunk of rows, with an explicit selection (N, m) (None: every pair).
 
     The N m (patch, kept pair) entries are sorted by chart; their rescaled points c / s are gathered once into
@@ -232,7 +233,7 @@ def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTa
         part = slice(start, start + count)
         start += count
         total, grad = _run_chart(model, x[part], params, k, None if scales_sorted is None else scales_sorted[part],
-                                 extra_variance, compute_grad)
+                                 extra_variance, compute_grad, precision)
         total_sorted[part] = total
         if compute_grad:
             grad_sorted[part] = grad
@@ -261,14 +262,16 @@ def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTa
 
 def chart_patch_log_prob(model: PatchCharts, coords: torch.Tensor, top_charts: int | None = 2,
                          compute_grad: bool = True, extra_variance: float = 0.0, params: dict | None = None,
-                         selection: torch.Tensor | None = None, workspace: dict | None = None):
+                         selection: torch.Tensor | None = None, workspace: dict | None = None,
+                         precision: str = "float32"):
     """(log p (N,), d log p / dc (N, n) or None) for mean-free patch coordinates c (N, n), detached.
 
     log p(c) = logsumexp over the kept (chart, scale) pairs of log alpha_{k,s} - n log s + log p_k(c / s).
     extra_variance: added to every pair's off-manifold variance (the density of a patch seen through
     Gaussian noise of that variance). selection: precomputed (N, m) pair indices (else `select_charts`).
     params: the stacked chart weights in coords' dtype (cached by ChartPrior). workspace: a dict in which
-    the large work buffers are kept between calls (ChartPrior passes one), or None.
+    the large work buffers are kept between calls (ChartPrior passes one), or None. precision: "float32" or
+    "bfloat16" (the fused kernel's bfloat16 tangent GEMMs, `charts_log_prob_fused`).
     Rows are processed in chunks of at most ENTRY_BUDGET kept values; within a chunk, one fused kernel call
     per chart (all its kept entries and scales at once) gives the chunk's (rows, m) pair log-densities and
     (rows, m, n) gradients (m = kept pairs per patch, not K), then a logsumexp over the m slots. Nothing of
@@ -283,7 +286,7 @@ def chart_patch_log_prob(model: PatchCharts, coords: torch.Tensor, top_charts: i
     m = table.size if selection is None else selection.shape[1]
     rows = max(1, ENTRY_BUDGET // (m * (n + 1 if compute_grad else 1)))
     parts = [_log_prob_rows(model, coords[i : i + rows], params, None if selection is None else selection[i : i + rows],
-                            table, extra_variance, compute_grad, workspace) for i in range(0, N, rows)]
+                            table, extra_variance, compute_grad, workspace, precision) for i in range(0, N, rows)]
     if len(parts) == 1:
         return parts[0]
     log_p = torch.cat([p[0] for p in parts])
@@ -325,11 +328,13 @@ class ChartPrior:
     stride: patch stride of the all-patches mode. n_patches: None for all overlapping patches, else
     that many random patches per image and call (PatchNR's mode), from a stream seeded by `seed`.
     top_charts: charts evaluated exactly per patch (None: all K, exact). reduction: "mean" (default,
-    lam independent of the image size) or "sum" (EPLL's energy).
+    lam independent of the image size) or "sum" (EPLL's energy). precision: "float32" (default) or "bfloat16":
+    the fused kernel's decoder tangents in bfloat16 on AMX (float32 images, a CPU with AMX-BF16; about 1e-3
+    nats in log p, bench/chart_prior_speed.py), the rest float32.
     """
 
     def __init__(self, model: PatchCharts, stride: int = 1, n_patches: int | None = None, top_charts: int | None = 2,
-                 reduction: str = "mean", seed: int = 0):
+                 reduction: str = "mean", seed: int = 0, precision: str = "float32"):
         if not isinstance(model, PatchCharts):
             raise TypeError(f"model must be a patchreg.priors.PatchCharts, got {type(model).__name__}")
         if reduction not in REDUCTIONS:
@@ -342,6 +347,7 @@ class ChartPrior:
             raise ValueError("top_charts < K needs the model's selector (PatchCharts.fit_selector); pass top_charts=None")
         self.reduction = reduction
         self.seed = check_int("seed", seed, 0)
+        self.precision = check_precision(precision)
         self.patch_size, self.channels = model.patch_size, model.channels
         self._generator = torch.Generator()
         self._params: dict = {}
@@ -356,6 +362,8 @@ class ChartPrior:
         check_patch_image(x, self.patch_size, self.channels, "chart prior", finite=True)
         if x.dtype not in (torch.float32, torch.float64):
             raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+        if self.precision == "bfloat16" and x.dtype != torch.float32:
+            raise TypeError(f"x must be float32 for precision='bfloat16', got {x.dtype}")
 
     def _weights(self, dtype, device) -> dict:
         key = (dtype, str(device))
@@ -383,7 +391,7 @@ class ChartPrior:
 
         def evaluate(c, need_grad):
             return chart_patch_log_prob(self.model, c, self.top_charts, need_grad, params=params,
-                                        workspace=self._workspace)
+                                        workspace=self._workspace, precision=self.precision)
 
         return _PatchLogProb.apply(coords, evaluate).reshape(B, L)
 
