@@ -12,6 +12,13 @@ from ._version import __version__
 from .backend import get_backend
 
 
+def _amx_charts() -> bool:
+    """Whether the chart kernel's precision="bfloat16" (AMX) loops run here."""
+    from .ops.charts import charts_bf16_supported
+
+    return charts_bf16_supported()
+
+
 def collect() -> dict:
     loaded = _extension.load()
     built = _extension.build_info() if loaded else {}
@@ -27,6 +34,7 @@ def collect() -> dict:
         "openmp": built.get("openmp"),
         "avx2": built.get("avx2"),
         "avx512": built.get("avx512"),
+        "amx_bf16_charts": _amx_charts() if loaded else False,
         "threads": torch.get_num_threads(),
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "backend": get_backend(),
@@ -47,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"compiled kernels: none ({info['extension_error']})")
     print(f"OpenMP: {info['openmp']}, threads: {info['threads']}, AVX2/FMA GMM loops: {info['avx2']}, "
-          f"AVX-512 chart loops: {info['avx512']}")
+          f"AVX-512 chart loops: {info['avx512']}, AMX bfloat16 chart loops: {info['amx_bf16_charts']}")
     print(f"CUDA device: {info['cuda_device'] or 'none visible'}")
     print(f"backend in use: {info['backend']}")
     return 0

@@ -126,3 +126,20 @@ def test_bf16_refuses_float64_and_a_disabled_cpu(bf16_kernel, monkeypatch):
         ChartPrior(_wide_model(), precision="bfloat16")
     with pytest.raises(RuntimeError, match="AMX"):
         _run(bf16_kernel.charts_log_prob_bf16, random_points(4, 10).float(), *_cast(params, log_alpha, F32), 0.3)
+
+
+def test_bf16_interleaved_with_onednn_amx_matmuls(bf16_kernel):
+    """Tile configuration is per thread and shared with oneDNN's AMX matmuls: each side loads its own
+    before use, so alternating them changes neither's results."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(256, 512, generator=g).bfloat16()
+    b = torch.randn(512, 256, generator=g).bfloat16()
+    first = a @ b
+    params, log_alpha = _cast(*random_params(2, 12, 4, 64, 1, seed=8), F32)
+    x = random_points(70, 12, seed=9).float()
+    lp_first = _run(bf16_kernel.charts_log_prob_bf16, x, params, log_alpha, 0.4)
+    for _ in range(3):
+        torch.testing.assert_close(a @ b, first, atol=0, rtol=0)
+        again = _run(bf16_kernel.charts_log_prob_bf16, x, params, log_alpha, 0.4)
+        for u, v in zip(again, lp_first):
+            torch.testing.assert_close(u, v, atol=0, rtol=0)

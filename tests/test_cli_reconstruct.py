@@ -592,3 +592,27 @@ def test_cuda_solve_matches_the_cpu_solve(files, tmp_path, capsys, task, prior, 
         assert code == 0, err
         estimates[device] = np.load(out)
     np.testing.assert_allclose(estimates["cuda"], estimates["cpu"], rtol=1e-5, atol=1e-6)
+
+
+def test_chart_precision_reaches_the_chart_prior(files, tmp_path, capsys, fake_charts):
+    from patchreg.ops.charts import charts_bf16_supported
+
+    if not charts_bf16_supported():
+        pytest.skip("no AMX-BF16 chart loops on this CPU or build")
+    argv = [*base(files, tmp_path / "x.npy", prior="charts"), "--image", files["image"], "--solver", "lbfgs",
+            "--steps", "2", "--chart-precision", "bfloat16"]
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    (name, kwargs) = fake_charts[1]
+    assert name == "ChartPrior" and kwargs["precision"] == "bfloat16"
+
+
+@pytest.mark.parametrize("extra, message", [(["--prior", "epll"], "got --prior epll"),
+                                            (["--prior", "charts", "--solver", "hqs"], "--solver hqs"),
+                                            (["--prior", "charts", "--solver", "lbfgs", "--precision", "float64"],
+                                             "--precision float32")])
+def test_chart_precision_rejected_before_work(files, tmp_path, capsys, no_work, extra, message):
+    prior = extra[1]
+    argv = [*base(files, tmp_path / "x.png", prior=prior), "--image", files["image"], *extra[2:],
+            "--chart-precision", "bfloat16"]
+    assert_rejected(capsys, argv, "--chart-precision", message, folder=tmp_path)
