@@ -127,7 +127,9 @@ class Runners:
         if task.startswith("denoise"):
             scale = self.args.epll_lam_scale if prior == "epll" else 1.0
             lam = None if scale == 1.0 else scale * dim / sigma**2  # None: the library default d / sigma^2
-            return restore(y, None, sigma, lam=lam).double()
+            factors = self.args.epll_beta_factors if prior == "epll" else None
+            betas = None if factors is None else [f / sigma**2 for f in factors]  # None: (1/sigma^2)[1, 4, 8, 16, 32]
+            return restore(y, None, sigma, betas=betas, lam=lam).double()
         x0 = op.initial_guess(y) if hasattr(op, "initial_guess") else None
         op, y = weighted_problem(op, y)  # Poisson counts: the whitened weighted least squares
         if self.args.hqs_start is not None:  # image-domain noise level the schedule starts from
@@ -196,6 +198,8 @@ def cell_settings(prior: str, args, task: str) -> dict:
     if prior in ("epll", "charts"):
         extra = {"top_charts": args.top_charts} if prior == "charts" else \
             ({"lam_scale": args.epll_lam_scale} if args.epll_lam_scale != 1.0 else {})
+        if prior == "epll" and args.epll_beta_factors is not None:
+            extra = {**extra, "beta_factors": args.epll_beta_factors}
         return {"precision": args.precision, "hqs_start": args.hqs_start, **extra}
     if prior == "patchnr":
         steps, lr = patchnr_schedule(task, args)
@@ -247,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patchnr-lr", type=float, default=None, help="patchnr: Adam learning rate (default PATCHNR_LR)")
     ap.add_argument("--epll-lam-scale", type=float, default=1.0,
                     help="epll, denoising: lam = SCALE * d / sigma^2 (1: the paper's and the library's default)")
+    ap.add_argument("--epll-beta-factors", type=lambda v: [float(f) for f in v.split(",")], default=None,
+                    help="epll, denoising: betas = FACTORS / sigma^2, comma-separated (default 1,4,8,16,32: Zoran & "
+                         "Weiss; 1,4,8,16,32,64 is bench/epll_denoise_tuning.py's zw6)")
     ap.add_argument("--patchnr-lam-scale", type=float, default=1.0,
                     help="patchnr: lam = SCALE * n_image_patches / d (1: EPLL's MAP energy, the CLI's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="patchnr's device (the others run on the CPU)")

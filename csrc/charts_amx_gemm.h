@@ -83,16 +83,8 @@ inline void amx_gemm(const uint16_t* A, int64_t lda, int64_t M, int64_t Kd, cons
     }
 }
 
-template <typename T>
-inline void block_gemm(const Mlp<T>& m, int64_t k, int64_t layer, bool transposed, const T* X,
-                       int64_t ld, T* C, const T* init, int64_t groups, T* work) {
-  (void)work;
-  const int64_t W = m.width;
-  gemm(m.blk_w[layer] + k * W * W, transposed ? int64_t(1) : W, transposed ? W : int64_t(1), W, W,
-       X, ld, C, ld, groups * kBlock, init);
-}
-
-// float: the value columns by the float32 GEMM, the tangent columns by AMX when the layer has
+// block_gemm (charts_kernel.h) for float, chosen over its template by overload resolution: the value
+// columns by the float32 GEMM, the tangent columns by AMX when the layer has
 // bfloat16 weights and the width is a multiple of 32 (else float32 throughout).
 inline void block_gemm(const Mlp<float>& m, int64_t k, int64_t layer, bool transposed,
                        const float* X, int64_t ld, float* C, const float* init, int64_t groups,

@@ -337,20 +337,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu_impl(
   return {log_prob, chart_lp, grad};
 }
 
+// The op (bf16 false) and its bfloat16 twin charts_log_prob_bf16 (bf16 true).
+template <bool bf16>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
     const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
     const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
     const at::Tensor& log_alpha, double sigma, bool compute_grad) {
   return charts_log_prob_cpu_impl(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
-                                  compute_grad, false);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_bf16_cpu(
-    const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
-    const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
-    const at::Tensor& log_alpha, double sigma, bool compute_grad) {
-  return charts_log_prob_cpu_impl(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
-                                  compute_grad, true);
+                                  compute_grad, bf16);
 }
 
 bool charts_bf16_supported() { return amx::enabled(); }
@@ -373,6 +367,6 @@ TORCH_LIBRARY_FRAGMENT(patchreg, m) {
 }
 
 TORCH_LIBRARY_IMPL(patchreg, CPU, m) {
-  m.impl("charts_log_prob", &patchreg::charts::charts_log_prob_cpu);
-  m.impl("charts_log_prob_bf16", &patchreg::charts::charts_log_prob_bf16_cpu);
+  m.impl("charts_log_prob", &patchreg::charts::charts_log_prob_cpu<false>);
+  m.impl("charts_log_prob_bf16", &patchreg::charts::charts_log_prob_cpu<true>);
 }

@@ -54,7 +54,7 @@ namespace amxk {
 using avx512_vec::F32;
 using avx512_vec::F64;
 constexpr int kGemmRows = 8;
-#define PATCHREG_CHARTS_BLOCK_GEMM 1
+#define PATCHREG_CHARTS_AMX_LOOPS 1
 
 #include "charts_simd_loops.h"
 

@@ -133,10 +133,9 @@ void act_backward(const T* S, const T* sig, const T* Abar, T* Sbar, int64_t rows
   }
 }
 
-#ifndef PATCHREG_CHARTS_BLOCK_GEMM
 // The GEMM of residual-block layer `layer` (0 .. 2 blocks - 1) of chart k on `groups` column groups:
-// C = init + W X, or W^T X when transposed. The AMX loops (charts_amx_gemm.h) replace it; `work`
-// is their scratch.
+// C = init + W X, or W^T X when transposed. The AMX loops add a float overload (charts_amx_gemm.h), which
+// `work` is scratch for.
 template <typename T>
 inline void block_gemm(const Mlp<T>& m, int64_t k, int64_t layer, bool transposed, const T* X,
                        int64_t ld, T* C, const T* init, int64_t groups, T* work) {
@@ -145,7 +144,6 @@ inline void block_gemm(const Mlp<T>& m, int64_t k, int64_t layer, bool transpose
   gemm(m.blk_w[layer] + k * W * W, transposed ? int64_t(1) : W, transposed ? W : int64_t(1), W, W,
        X, ld, C, ld, groups * kBlock, init);
 }
-#endif
 
 // Forward pass of chart k's MLP on `groups` column groups (1: values only). Saves h_l, b_l and
 // their sigmoids in H (L+1 slices), Bs (L slices), sH, sB; act is a work buffer; out gets the

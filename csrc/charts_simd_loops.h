@@ -20,12 +20,12 @@ inline void gemm(const double* A, int64_t rs, int64_t cs, int64_t M, int64_t Kd,
 }
 
 #include "simd_sigmoid.h"
-#ifdef PATCHREG_CHARTS_BLOCK_GEMM
+#ifdef PATCHREG_CHARTS_AMX_LOOPS
 #include "charts_amx_gemm.h"
 #endif
 #include "charts_kernel.h"
 
-#ifndef PATCHREG_CHARTS_BLOCK_GEMM
+#ifndef PATCHREG_CHARTS_AMX_LOOPS
 void run_blocks(const Problem<float>& p, int64_t begin, int64_t end, float* s, double* ds) {
   run_blocks_impl(p, begin, end, s, ds);
 }
