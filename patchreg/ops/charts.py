@@ -158,7 +158,8 @@ def charts_log_prob_fused(x: torch.Tensor, params: dict, log_alpha: torch.Tensor
     )
     if _kernel_for(x) and not params_need_grad:
         if precision == "bfloat16" and x.device.type == "cpu":
-            check_precision(precision, x.dtype)
+            if x.dtype != torch.float32:  # the op itself refuses a CPU without AMX (per call, no Python check here)
+                raise TypeError(f"precision='bfloat16' takes float32 inputs, got {x.dtype}")
             return torch.ops.patchreg.charts_log_prob_bf16(
                 x, params["center"], params["basis"], params["scale"], encoder, decoder, log_alpha, sigma_value,
                 compute_grad,
