@@ -2,8 +2,7 @@
 // tiles in bfloat16 (charts_amx_gemm.h); everything else as the AVX-512 loops (charts_cpu_avx512.cpp).
 // Used by patchreg::charts_log_prob_bf16 (charts_cpu.cpp) on float32, when amx::enabled().
 #include "charts.h"
-
-#include <cstdlib>
+#include "env_switch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
 #define PATCHREG_HAVE_CHARTS_AMX 1
@@ -29,9 +28,7 @@ bool enabled() {
     // Linux hands out the 8 KB tile state only on request (ARCH_REQ_XCOMP_PERM, XTILEDATA = 18).
     return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
   }();
-  const char* env = std::getenv("PATCHREG_DISABLE_AMX");
-  const bool off = env != nullptr && env[0] != '\0' && !(env[0] == '0' && env[1] == '\0');
-  return ok && !off;
+  return ok && !switched_off("PATCHREG_DISABLE_AMX");
 #else
   return false;
 #endif

@@ -5,8 +5,7 @@
 // the AVX2 tile. The float sigmoid (simd_sigmoid.h) is the AVX2 file's, 16 lanes at a time.
 // Everything else is the portable code, which the compiler vectorises for AVX-512 here.
 #include "charts.h"
-
-#include <cstdlib>
+#include "env_switch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PATCHREG_HAVE_CHARTS_AVX512 1
@@ -19,12 +18,8 @@ namespace avx512 {
 bool enabled() {
 #ifdef PATCHREG_HAVE_CHARTS_AVX512
   static const bool cpu = __builtin_cpu_supports("avx512f");
-  auto off = [](const char* name) {
-    const char* env = std::getenv(name);
-    return env != nullptr && env[0] != '\0' && !(env[0] == '0' && env[1] == '\0');
-  };
   // PATCHREG_DISABLE_AVX2 switches off every vector kernel (the tests' portable runs).
-  return cpu && !off("PATCHREG_DISABLE_AVX512") && !off("PATCHREG_DISABLE_AVX2");
+  return cpu && !switched_off("PATCHREG_DISABLE_AVX512") && !switched_off("PATCHREG_DISABLE_AVX2");
 #else
   return false;
 #endif

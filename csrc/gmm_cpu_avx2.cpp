@@ -5,7 +5,7 @@
 // enabled() itself comes before the pragma so it runs on any x86-64 CPU.
 #include "gmm_cpu_avx2.h"
 
-#include <cstdlib>
+#include "env_switch.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PATCHREG_HAVE_AVX2_KERNELS 1
@@ -17,9 +17,7 @@ namespace avx2 {
 bool enabled() {
 #ifdef PATCHREG_HAVE_AVX2_KERNELS
   static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* env = std::getenv("PATCHREG_DISABLE_AVX2");
-  const bool disabled = env != nullptr && env[0] != '\0' && !(env[0] == '0' && env[1] == '\0');
-  return cpu && !disabled;
+  return cpu && !switched_off("PATCHREG_DISABLE_AVX2");
 #else
   return false;
 #endif
