@@ -42,6 +42,14 @@ struct Problem {
   T* log_prob;         // (B)
   T* chart_lp;         // (B, K)
   T* grad_x;           // (B, n); null: no gradient
+  // The points read from images instead of x (charts_log_prob_image; image null: from x): point b is
+  // point_scale[b] * patch_basis^T q_b, q_b the C*p*p patch values image[offsets[b] + c*plane +
+  // i*row + j] (c < C, i, j < p), in extract_patches' order (channel, row, column).
+  const T* image = nullptr;
+  const int64_t* offsets = nullptr;  // (B)
+  const T* patch_basis = nullptr;    // (C*p*p, n)
+  const T* point_scale = nullptr;    // (B)
+  int64_t channels = 0, patch = 0, plane = 0, row = 0;
 };
 
 // Scratch of one thread: `scratch_size` values of T and `dscratch_size` doubles.

@@ -244,6 +244,72 @@ void fold_frame(const at::Tensor& center, const at::Tensor& basis, const at::Ten
   dec[nd - 1] = out_b.to(dtype).contiguous();
 }
 
+at::Tensor check_image_source(const ImageSource& src) {
+  const at::Tensor& image = src.image;
+  check_dim(image, 4, "image");
+  check_float(image, "image");
+  const int64_t I = image.size(0), C = image.size(1), H = image.size(2), W = image.size(3);
+  const int64_t p = src.patch;
+  TORCH_CHECK_VALUE(p >= 1 && p <= H && p <= W, "patch_size must be in [1, min(H, W) = ",
+                    std::min(H, W), "], got ", p);
+  TORCH_CHECK_TYPE(src.offsets.scalar_type() == at::kLong, "offsets.dtype must be int64, got ",
+                   src.offsets.scalar_type());
+  check_dim(src.offsets, 1, "offsets");
+  check_dim(src.patch_basis, 2, "patch_basis");
+  TORCH_CHECK_VALUE(src.patch_basis.size(0) == C * p * p, "patch_basis must have shape (C*p*p = ",
+                    C * p * p, ", n), got ", src.patch_basis.sizes());
+  const int64_t B = src.offsets.size(0), n = src.patch_basis.size(1);
+  TORCH_CHECK_VALUE(src.point_scale.dim() == 1 && src.point_scale.size(0) == B,
+                    "point_scale must have shape (", B, ",) like offsets, got ",
+                    src.point_scale.sizes());
+  for (const auto& [t, name] : {std::pair<at::Tensor, const char*>{src.patch_basis, "patch_basis"},
+                                std::pair<at::Tensor, const char*>{src.point_scale, "point_scale"}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == image.scalar_type(), name, ".dtype is ", t.scalar_type(),
+                     " but image.dtype is ", image.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == image.device(), name, " is on ", t.device(),
+                      " but image is on ", image.device());
+  }
+  TORCH_CHECK_VALUE(src.offsets.device() == image.device(), "offsets is on ",
+                    src.offsets.device(), " but image is on ", image.device());
+  // A valid offset is b*C*H*W + i*W + j with b < I, i <= H - p, j <= W - p.
+  const int64_t chw = C * H * W;
+  if (B > 0 && src.offsets.is_cpu()) {
+    const auto off = src.offsets.contiguous();
+    const int64_t* o = off.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t r = o[b] % chw;
+      TORCH_CHECK_VALUE(o[b] >= 0 && o[b] < I * chw && r < H * W && r / W <= H - p && r % W <= W - p,
+                        "offsets[", b, "] = ", o[b], " is not the top-left pixel of a ", p, "x", p,
+                        " patch inside an image of shape (", I, ", ", C, ", ", H, ", ", W,
+                        ") (b*C*H*W + i*W + j with i <= ", H - p, ", j <= ", W - p, ")");
+    }
+  } else if (B > 0) {
+    const auto r = src.offsets.remainder(chw);
+    const bool ok = src.offsets.min().item<int64_t>() >= 0 &&
+                    src.offsets.max().item<int64_t>() < I * chw && r.max().item<int64_t>() < H * W &&
+                    r.div(W, "floor").max().item<int64_t>() <= H - p &&
+                    r.remainder(W).max().item<int64_t>() <= W - p;
+    TORCH_CHECK_VALUE(ok, "offsets must be top-left pixels of ", p, "x", p,
+                      " patches inside an image of shape (", I, ", ", C, ", ", H, ", ", W, ")");
+  }
+  return at::empty({1}, image.options()).expand({B, n});
+}
+
+at::Tensor gather_image_points(const ImageSource& src) {
+  check_image_source(src);
+  const at::Tensor& image = src.image;
+  const int64_t C = image.size(1), H = image.size(2), W = image.size(3), p = src.patch;
+  // Offsets of a patch's values from its top-left pixel, in (channel, row, column) order.
+  const auto opts = src.offsets.options();
+  const auto rel = (at::arange(C, opts).view({C, 1, 1}) * (H * W) +
+                    at::arange(p, opts).view({1, p, 1}) * W + at::arange(p, opts).view({1, 1, p}))
+                       .reshape({-1});
+  const auto index = src.offsets.unsqueeze(1) + rel.unsqueeze(0);  // (B, C*p*p)
+  const auto patches = image.contiguous().reshape({-1}).index_select(0, index.reshape({-1}))
+                           .view({src.offsets.size(0), C * p * p});
+  return at::matmul(patches, src.patch_basis) * src.point_scale.unsqueeze(1);
+}
+
 namespace {
 
 template <typename T>
@@ -268,9 +334,10 @@ inline void run_amx(const Problem<double>&, int64_t, int64_t, double*, double*) 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu_impl(
     const at::Tensor& x, const at::Tensor& center, const at::Tensor& basis,
     const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
-    const at::Tensor& log_alpha, double sigma, bool compute_grad, bool bf16) {
+    const at::Tensor& log_alpha, double sigma, bool compute_grad, bool bf16,
+    const ImageSource* src = nullptr) {
   const Shape s = check_charts(x, center, basis, scale, encoder, decoder, log_alpha, sigma);
-  TORCH_CHECK_VALUE(x.device().is_cpu(), "x must be on the CPU for this kernel");
+  TORCH_CHECK_VALUE(x.device().is_cpu(), src ? "image" : "x", " must be on the CPU for this kernel");
   const auto dtype = x.scalar_type();
   if (bf16) {
     TORCH_CHECK_TYPE(dtype == at::kFloat, "charts_log_prob_bf16 takes float32 x, got ", dtype);
@@ -281,7 +348,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu_impl(
 
   std::vector<at::Tensor> enc, dec;
   fold_frame(center, basis, scale, encoder, decoder, dtype, enc, dec);
-  const auto X = x.contiguous(), LA = log_alpha.contiguous();
+  const auto X = src ? x : x.contiguous(), LA = log_alpha.contiguous();
+  at::Tensor image, offsets, patch_basis, point_scale;
+  if (src) {
+    image = src->image.contiguous(), offsets = src->offsets.contiguous();
+    patch_basis = src->patch_basis.contiguous(), point_scale = src->point_scale.contiguous();
+  }
 
   auto log_prob = at::empty({s.B}, x.options());
   auto chart_lp = at::empty({s.B, K}, x.options());
@@ -294,9 +366,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu_impl(
     std::vector<const T*> ew, eb, dw, db;
     Problem<T> P{s.B, s.n, s.d, K,
                  make_mlp<T>(enc, s.enc, s.n, ew, eb), make_mlp<T>(dec, s.dec, s.d, dw, db),
-                 X.data_ptr<T>(), LA.data_ptr<T>(), 1 / (sigma * sigma), log_const,
+                 src ? nullptr : X.data_ptr<T>(), LA.data_ptr<T>(), 1 / (sigma * sigma), log_const,
                  log_prob.data_ptr<T>(), chart_lp.data_ptr<T>(),
                  compute_grad ? grad.data_ptr<T>() : nullptr};
+    if (src) {
+      P.image = image.data_ptr<T>();
+      P.offsets = offsets.data_ptr<int64_t>();
+      P.patch_basis = patch_basis.data_ptr<T>();
+      P.point_scale = point_scale.data_ptr<T>();
+      P.channels = image.size(1), P.patch = src->patch;
+      P.plane = image.size(2) * image.size(3), P.row = image.size(3);
+    }
     const int64_t n_blocks = (s.B + kBlock - 1) / kBlock;
     // Multiply-adds per block; chunks of at least ~4M of them, so tiny inputs stay on one thread.
     const double per_block = double(kBlock) * K *
@@ -347,6 +427,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cpu(
                                   compute_grad, bf16);
 }
 
+// The same with the points read from images (Problem::image); bfloat16 as charts_log_prob_bf16.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_image_cpu(
+    const at::Tensor& image, const at::Tensor& offsets, const at::Tensor& patch_basis,
+    const at::Tensor& point_scale, int64_t patch_size, const at::Tensor& center,
+    const at::Tensor& basis, const at::Tensor& scale, at::TensorList encoder,
+    at::TensorList decoder, const at::Tensor& log_alpha, double sigma, bool compute_grad,
+    bool bfloat16) {
+  const ImageSource src{image, offsets, patch_basis, point_scale, patch_size};
+  const at::Tensor x = check_image_source(src);
+  return charts_log_prob_cpu_impl(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
+                                  compute_grad, bfloat16, &src);
+}
+
+// Test access to gather_image_points (the CUDA op's way in), on any device.
+at::Tensor charts_image_points(const at::Tensor& image, const at::Tensor& offsets,
+                               const at::Tensor& patch_basis, const at::Tensor& point_scale,
+                               int64_t patch_size) {
+  return gather_image_points({image, offsets, patch_basis, point_scale, patch_size});
+}
+
 bool charts_bf16_supported() { return amx::enabled(); }
 
 }  // namespace
@@ -363,10 +463,25 @@ TORCH_LIBRARY_FRAGMENT(patchreg, m) {
       "charts_log_prob_bf16(Tensor x, Tensor center, Tensor basis, Tensor scale, Tensor[] encoder, "
       "Tensor[] decoder, Tensor log_alpha, float sigma, bool compute_grad) -> "
       "(Tensor log_prob, Tensor chart_log_prob, Tensor grad_x)");
+  // The points read from images: point b is point_scale[b] * patch_basis^T (the patch of image
+  // whose top-left pixel is image.flatten()[offsets[b]]); bfloat16 as charts_log_prob_bf16.
+  m.def(
+      "charts_log_prob_image(Tensor image, Tensor offsets, Tensor patch_basis, Tensor point_scale, "
+      "int patch_size, Tensor center, Tensor basis, Tensor scale, Tensor[] encoder, "
+      "Tensor[] decoder, Tensor log_alpha, float sigma, bool compute_grad, bool bfloat16) -> "
+      "(Tensor log_prob, Tensor chart_log_prob, Tensor grad_x)");
+  m.def(
+      "charts_image_points(Tensor image, Tensor offsets, Tensor patch_basis, Tensor point_scale, "
+      "int patch_size) -> Tensor");
   m.def("charts_bf16_supported() -> bool", &patchreg::charts::charts_bf16_supported);
 }
 
 TORCH_LIBRARY_IMPL(patchreg, CPU, m) {
   m.impl("charts_log_prob", &patchreg::charts::charts_log_prob_cpu<false>);
   m.impl("charts_log_prob_bf16", &patchreg::charts::charts_log_prob_cpu<true>);
+  m.impl("charts_log_prob_image", &patchreg::charts::charts_log_prob_image_cpu);
+}
+
+TORCH_LIBRARY_IMPL(patchreg, CompositeExplicitAutograd, m) {
+  m.impl("charts_image_points", &patchreg::charts::charts_image_points);
 }

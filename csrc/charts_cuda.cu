@@ -64,10 +64,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_cuda(
                                      std::max<int64_t>(budget, 1));
 }
 
+// The points read from images: gathered by ATen ops on the device, then the kernel above.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> charts_log_prob_image_cuda(
+    const at::Tensor& image, const at::Tensor& offsets, const at::Tensor& patch_basis,
+    const at::Tensor& point_scale, int64_t patch_size, const at::Tensor& center,
+    const at::Tensor& basis, const at::Tensor& scale, at::TensorList encoder,
+    at::TensorList decoder, const at::Tensor& log_alpha, double sigma, bool compute_grad,
+    bool bfloat16) {
+  TORCH_CHECK_VALUE(!bfloat16, "charts_log_prob_image: bfloat16 runs on the CPU (AMX) only");
+  TORCH_CHECK_VALUE(image.is_cuda(), "image must be a CUDA tensor for this kernel");
+  const c10::cuda::CUDAGuard guard(image.device());
+  const at::Tensor x = gather_image_points({image, offsets, patch_basis, point_scale, patch_size});
+  return charts_log_prob_cuda(x, center, basis, scale, encoder, decoder, log_alpha, sigma,
+                              compute_grad);
+}
+
 }  // namespace
 }  // namespace charts
 }  // namespace patchreg
 
 TORCH_LIBRARY_IMPL(patchreg, CUDA, m) {
+  m.impl("charts_log_prob_image", &patchreg::charts::charts_log_prob_image_cuda);
   m.impl("charts_log_prob", &patchreg::charts::charts_log_prob_cuda);
 }

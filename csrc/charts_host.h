@@ -27,6 +27,21 @@ Shape check_charts(const at::Tensor& x, const at::Tensor& center, const at::Tens
                    const at::Tensor& scale, at::TensorList encoder, at::TensorList decoder,
                    const at::Tensor& log_alpha, double sigma);
 
+// The points of charts_log_prob_image: patches of `image` (I, C, H, W) at flat `offsets` (B,) of
+// their top-left pixels, mapped by `patch_basis` (C*p*p, n) and scaled by `point_scale` (B,).
+struct ImageSource {
+  at::Tensor image, offsets, patch_basis, point_scale;
+  int64_t patch;
+};
+
+// Checks an ImageSource (every offset a whole patch inside channel 0 of one image; dtypes, shapes,
+// devices) and returns a (B, n) placeholder without storage for check_charts and the outputs.
+at::Tensor check_image_source(const ImageSource& src);
+
+// The points of an ImageSource as an (B, n) tensor, by ATen ops on src's device (the CUDA op's
+// way in; the CPU kernel reads the image itself).
+at::Tensor gather_image_points(const ImageSource& src);
+
 // log of the latent prior's normaliser in d dimensions (patchreg.charts.latent_prior).
 double log_normalizer(int64_t d);
 

@@ -20,6 +20,7 @@ struct Scratch {
   T *ebar, *e1, *e2, *gk, *gacc;         // reverse mode through the encoder; gradients
   T *rmax, *rsum, *scale, *weight;       // online logsumexp over charts
   T *vnni;                               // the AMX loops' bfloat16 copy of a layer's tangent input
+  T *pix;                                // one patch's values (points read from images)
 };
 
 // Carves the scratch (base == nullptr: only counts) and returns its size in values of T.
@@ -65,6 +66,7 @@ int64_t layout(const Problem<T>& P, T* base, Scratch<T>* s) {
   take(&s->scale, NB);
   take(&s->weight, NB);
   take(&s->vnni, Wd * d * NB / 2 + 16);
+  take(&s->pix, P.image == nullptr ? 0 : P.channels * P.patch * P.patch);
   return off;
 }
 
@@ -251,6 +253,26 @@ void gram_logdet_inverse(const T* gram, int64_t d, bool inverse, T* logdet, T* g
   }
 }
 
+// The block's points read straight from the images (Problem::image): xt[i][p] = point_scale *
+// sum_q patch_basis[q][i] q_p[q], about 0.3% of a point's work with one residual block or more.
+template <typename T>
+void load_patches(const Problem<T>& P, int64_t n0, int64_t nb, T* pix, T* xt) {
+  const int64_t NB = kBlock, n = P.n, pp = P.patch;
+  for (int64_t p = 0; p < nb; ++p) {
+    const T* src = P.image + P.offsets[n0 + p];
+    int64_t q = 0;
+    for (int64_t c = 0; c < P.channels; ++c)
+      for (int64_t i = 0; i < pp; ++i)
+        for (int64_t j = 0; j < pp; ++j) pix[q++] = src[c * P.plane + i * P.row + j];
+    const T sc = P.point_scale[n0 + p];
+    for (int64_t r = 0; r < q; ++r) {
+      const T v = pix[r] * sc;
+      const T* b = P.patch_basis + r * n;
+      for (int64_t i = 0; i < n; ++i) xt[i * NB + p] += b[i] * v;
+    }
+  }
+}
+
 // Points [begin, end) of blocks of kBlock: every chart's log-density, the mixture's, and the gradient.
 template <typename T>
 void run_blocks_impl(const Problem<T>& P, int64_t begin, int64_t end, T* base, double* dscratch) {
@@ -267,8 +289,11 @@ void run_blocks_impl(const Problem<T>& P, int64_t begin, int64_t end, T* base, d
     const int64_t n0 = blk * NB, nb = P.B - n0 < NB ? P.B - n0 : NB;
     // Transposed points; the padding columns are zero (computed, never written out).
     for (int64_t i = 0; i < n * NB; ++i) s.xt[i] = T(0);
-    for (int64_t p = 0; p < nb; ++p)
-      for (int64_t i = 0; i < n; ++i) s.xt[i * NB + p] = P.x[(n0 + p) * n + i];
+    if (P.image == nullptr)
+      for (int64_t p = 0; p < nb; ++p)
+        for (int64_t i = 0; i < n; ++i) s.xt[i * NB + p] = P.x[(n0 + p) * n + i];
+    else
+      load_patches(P, n0, nb, s.pix, s.xt);
     for (int64_t p = 0; p < NB; ++p) s.rmax[p] = neg_inf, s.rsum[p] = T(0);
     if (grad)
       for (int64_t i = 0; i < n * NB; ++i) s.gacc[i] = T(0);

@@ -32,9 +32,10 @@ import math
 import torch
 
 from .._checks import check_int, check_tensor
-from ..ops.charts import check_precision, charts_log_prob_fused
+from ..ops.charts import check_precision, charts_log_prob_fused, charts_log_prob_image
 from ..ops.gmm import gmm_log_prob
-from ..ops.patches import extract_patches, extract_patches_at
+from ..ops.patches import aggregate_patches, aggregate_patches_at, extract_patches, extract_patches_at
+from ..reference.charts import charts_image_points
 from ._patch_images import check_patch_image, random_positions
 from .patch_charts import PatchCharts
 
@@ -141,6 +142,33 @@ def _chart_entries(model: PatchCharts, N: int, selection, device):
             yield k, rows, slots, selection[rows, slots]
 
 
+class _ImagePoints:
+    """Points the fused chart op reads straight from an image (`charts_log_prob_image`): point e is
+    scale[e] * basis^T (the patch whose top-left pixel is image.flatten()[offsets[e]]). Indexing selects
+    points; materialize() builds them as an (R, n) tensor for the paths without the image op."""
+
+    def __init__(self, image, offsets, basis, scale, patch_size):
+        self.image, self.offsets, self.basis, self.scale, self.patch_size = image, offsets, basis, scale, patch_size
+
+    def __len__(self):
+        return self.offsets.shape[0]
+
+    def __getitem__(self, sel):
+        return _ImagePoints(self.image, self.offsets[sel], self.basis, self.scale[sel], self.patch_size)
+
+    def materialize(self) -> torch.Tensor:
+        return charts_image_points(self.image, self.offsets, self.basis, self.scale, self.patch_size)
+
+
+def _fused(x, one, sigma, compute_grad, precision):
+    """The fused chart op on points x: an (R, n) tensor or _ImagePoints (read from the image by the kernel)."""
+    zero = one["center"].new_zeros(1)
+    if isinstance(x, _ImagePoints):
+        return charts_log_prob_image(x.image, x.offsets, x.basis, x.scale, x.patch_size, one, zero, sigma,
+                                     compute_grad=compute_grad, precision=precision, check_offsets=False)
+    return charts_log_prob_fused(x, one, zero, sigma, compute_grad=compute_grad, precision=precision)
+
+
 def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute_grad, precision="float32"):
     """Chart k's fused op on the rescaled points x = c / s (R, n): (log p_k(x) (R,), d log p_k / dx (R, n) or None).
 
@@ -150,22 +178,22 @@ def _run_chart(model: PatchCharts, x, params, k, scales, extra_variance, compute
     """
     sigma2 = float(model.mixture.sigma.detach().to(torch.float64).expand(model.n_charts)[k]) ** 2
     if isinstance(params, _PerChart):
+        if isinstance(x, _ImagePoints):
+            x = x.materialize()
         var = x.new_full((len(x),), sigma2)
         if extra_variance != 0:
             var = var + extra_variance / scales.to(x.dtype) ** 2
         return _run_generic_chart(model, x, k, var.sqrt(), compute_grad)
     one = params.chart(k) if isinstance(params, _Stacked) else {name: v[k : k + 1] for name, v in params.items()}
-    zero = x.new_zeros(1)
     if extra_variance == 0:
-        t, _, g = charts_log_prob_fused(x, one, zero, math.sqrt(sigma2), compute_grad=compute_grad,
-                                        precision=precision)
+        t, _, g = _fused(x, one, math.sqrt(sigma2), compute_grad, precision)
         return t, (g if compute_grad else None)
-    total = x.new_empty(len(x))
-    grad = x.new_empty(x.shape) if compute_grad else None
+    like = one["center"]
+    total = like.new_empty(len(x))
+    grad = like.new_empty(len(x), like.shape[1]) if compute_grad else None
     for s in scales.unique().tolist():
         sel = (scales == s).nonzero()[:, 0]
-        t, _, g = charts_log_prob_fused(x[sel], one, zero, math.sqrt(sigma2 + extra_variance / s**2),
-                                        compute_grad=compute_grad, precision=precision)
+        t, _, g = _fused(x[sel], one, math.sqrt(sigma2 + extra_variance / s**2), compute_grad, precision)
         total[sel] = t
         if compute_grad:
             grad[sel] = g
@@ -205,12 +233,16 @@ def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTa
                    workspace=None, precision="float32"):
     """chart_patch_log_prob on one chunk of rows, with an explicit selection (N, m) (None: every pair).
 
+    coords: the rows' mean-free coordinates (N, n), or _ImagePoints at scale 1 (the rows read from the image).
     The N m (patch, kept pair) entries are sorted by chart; their rescaled points c / s are gathered once into
-    one (N m, n) buffer, so chart k's entries are one contiguous slice for its kernel call, whose outputs go to
-    the matching slices of the sorted results; one gather brings them back to (patch, slot) order.
+    one (N m, n) buffer (from an image: only their offsets and scales, the kernel reads the patches), so chart
+    k's entries are one contiguous slice for its kernel call, whose outputs go to the matching slices of the
+    sorted results; per slot, one gather brings the gradients back to patch order.
     """
-    N, n = coords.shape
-    device = coords.device
+    from_image = isinstance(coords, _ImagePoints)
+    like = coords.image if from_image else coords
+    N, n = len(coords), (coords.basis.shape[1] if from_image else coords.shape[1])
+    device = like.device
     if selection is None:  # every pair of every patch: slot = pair index
         selection = torch.arange(table.size, device=device).expand(N, table.size)
     m = selection.shape[1]
@@ -221,11 +253,15 @@ def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTa
     order = torch.argsort(key, stable=True)  # the entries grouped by chart
     counts = torch.bincount(chart_of, minlength=model.n_charts).tolist()
     pair_sorted = pair_of.index_select(0, order)
-    x = torch.index_select(coords, 0, order // m, out=_buffer(workspace, "x", (E, n), coords))
-    x.mul_(table.inv_scale.index_select(0, pair_sorted)[:, None])
+    if from_image:
+        x = _ImagePoints(coords.image, coords.offsets.index_select(0, order // m), coords.basis,
+                         table.inv_scale.index_select(0, pair_sorted), coords.patch_size)
+    else:
+        x = torch.index_select(coords, 0, order // m, out=_buffer(workspace, "x", (E, n), coords))
+        x.mul_(table.inv_scale.index_select(0, pair_sorted)[:, None])
     scales_sorted = table.scale.index_select(0, pair_sorted) if extra_variance != 0 else None
-    total_sorted = coords.new_empty(E)
-    grad_sorted = _buffer(workspace, "grad", (E, n), coords) if compute_grad else None
+    total_sorted = like.new_empty(E)
+    grad_sorted = _buffer(workspace, "grad", (E, n), like) if compute_grad else None
     start = 0
     for k, count in enumerate(counts):
         if count == 0:
@@ -251,12 +287,14 @@ def _log_prob_rows(model: PatchCharts, coords, params, selection, table: _PairTa
     # d log p / dc = sum over slots of softmax weight * (d log p_k / dx at c / s) / s
     safe = torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p))
     weights = torch.exp(totals - safe[:, None]).mul_(table.inv_scale[selection])
-    grads = torch.index_select(grad_sorted, 0, inverse, out=x).view(N, m, n)  # x is free again
-    if any_bad:
-        grads.masked_fill_(bad[:, :, None], 0.0)
-    grad = grads[:, 0] * weights[:, :1]
-    for j in range(1, m):
-        grad.addcmul_(grads[:, j], weights[:, j : j + 1])
+    inverse = inverse.view(N, m)
+    slot = _buffer(workspace, "slot", (N, n), like)  # one slot's gradients at a time: no second (N m, n)
+    grad = like.new_zeros(N, n)
+    for j in range(m):
+        torch.index_select(grad_sorted, 0, inverse[:, j], out=slot)
+        if any_bad:
+            slot.masked_fill_(bad[:, j, None], 0.0)
+        grad.addcmul_(slot, weights[:, j : j + 1])
     return log_p, grad
 
 
@@ -293,6 +331,42 @@ def chart_patch_log_prob(model: PatchCharts, coords: torch.Tensor, top_charts: i
     return log_p, (torch.cat([p[1] for p in parts]) if compute_grad else None)
 
 
+def chart_image_log_prob(model: PatchCharts, image: torch.Tensor, offsets: torch.Tensor, top_charts: int | None = 2,
+                         compute_grad: bool = True, params: dict | None = None, workspace: dict | None = None,
+                         precision: str = "float32"):
+    """chart_patch_log_prob for the patches of image (I, C, H, W) whose top-left pixels are image.flatten()[offsets]
+    (offsets (N,) int64, valid: ChartPrior builds them from positions): (log p (N,), d log p / dc (N, n) or None).
+
+    The fused kernel reads the patches from the image (`charts_log_prob_image`), so neither the (N, C p^2) patch
+    matrix nor the (N m, n) matrix of rescaled points is built; the selector's coordinates are gathered in chunks
+    of SELECT_CHUNK rows. Charts the kernel does not cover take the patch matrix (chart_patch_log_prob).
+    """
+    image = image.detach().contiguous()
+    params = params if params is not None else _stacked_params(model, image.dtype)
+    basis = model.basis.to(device=image.device, dtype=image.dtype).contiguous()
+    p = model.patch_size
+    if not isinstance(params, _Stacked):
+        coords = charts_image_points(image, offsets, basis, image.new_ones(len(offsets)), p)
+        return chart_patch_log_prob(model, coords, top_charts, compute_grad, params=params, workspace=workspace,
+                                    precision=precision)
+    table = _PairTable(model, image.dtype, image.device)
+    N, n = len(offsets), basis.shape[1]
+    ones = image.new_ones(N)
+    selection = None
+    if top_charts is not None and top_charts < table.size:
+        selection = torch.cat([select_charts(model, charts_image_points(image, o, basis, ones[: len(o)], p), top_charts)
+                               for o in offsets.split(SELECT_CHUNK)])
+    m = table.size if selection is None else selection.shape[1]
+    rows = max(1, ENTRY_BUDGET // (m * (n + 1 if compute_grad else 1)))
+    parts = [_log_prob_rows(model, _ImagePoints(image, offsets[i : i + rows], basis, ones[i : i + rows], p), params,
+                            None if selection is None else selection[i : i + rows], table, 0.0, compute_grad,
+                            workspace, precision) for i in range(0, N, rows)]
+    if len(parts) == 1:
+        return parts[0]
+    log_p = torch.cat([q[0] for q in parts])
+    return log_p, (torch.cat([q[1] for q in parts]) if compute_grad else None)
+
+
 @torch.no_grad()
 def pair_responsibilities(model: PatchCharts, coords: torch.Tensor) -> torch.Tensor:
     """(N, P) posterior probabilities of the kept (chart, scale) pairs (every pair evaluated exactly)."""
@@ -319,6 +393,23 @@ class _PatchLogProb(torch.autograd.Function):
     def backward(ctx, grad_out):
         (grad,) = ctx.saved_tensors
         return grad_out[:, None] * grad, None
+
+
+class _ImageLogProb(torch.autograd.Function):
+    """log p of the scored patches of x (B, C, H, W), read by the fused kernel; the gradient goes back through
+    the coordinates' basis and the fused aggregation (the adjoint of extraction)."""
+
+    @staticmethod
+    def forward(ctx, x, evaluate, scatter):
+        log_p, grad = evaluate(x.detach(), ctx.needs_input_grad[0])
+        ctx.save_for_backward(grad if grad is not None else x.new_empty(0))
+        ctx.scatter = scatter
+        return log_p
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        return ctx.scatter(grad_out[:, None] * grad), None, None
 
 
 class ChartPrior:
@@ -352,6 +443,7 @@ class ChartPrior:
         self._generator = torch.Generator()
         self._params: dict = {}
         self._workspace: dict = {}  # work buffers of chart_patch_log_prob, reused between calls
+        self._grid: dict = {}  # the all-patches mode's positions and offsets per image shape
         self.reset()
 
     def reset(self) -> None:
@@ -381,19 +473,62 @@ class ChartPrior:
         positions = random_positions(self._generator, B, self.n_patches, H, W, self.patch_size)
         return extract_patches_at(x, positions.to(x.device), self.patch_size)
 
+    def _positions(self, x: torch.Tensor):
+        """(positions (B, L, 2), offsets (B L,) into x.flatten()) of the patches scored in this call."""
+        B, C, H, W = x.shape
+        if self.n_patches is not None:
+            positions = random_positions(self._generator, B, self.n_patches, H, W, self.patch_size).to(x.device)
+        else:
+            key = (tuple(x.shape), str(x.device))
+            if key in self._grid:
+                return self._grid[key]
+            p, s = self.patch_size, self.stride
+            rows = torch.arange(0, H - p + 1, s, device=x.device)
+            cols = torch.arange(0, W - p + 1, s, device=x.device)
+            grid = torch.stack(torch.meshgrid(rows, cols, indexing="ij"), dim=-1).reshape(1, -1, 2)
+            positions = grid.expand(B, -1, -1)
+        offsets = (torch.arange(B, device=x.device)[:, None] * (C * H * W) + positions[..., 0] * W
+                   + positions[..., 1]).reshape(-1)
+        if self.n_patches is None:
+            self._grid = {key: (positions, offsets)}  # the last shape only
+        return positions, offsets
+
     def patch_log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """log p of every scored patch of x, (B, L), differentiable in x."""
+        """log p of every scored patch of x, (B, L), differentiable in x.
+
+        Fused charts: the kernel reads the patches from x (chart_image_log_prob); other charts: from the
+        extracted patch matrix (chart_patch_log_prob)."""
         self._check_image(x)
+        params = self._weights(x.dtype, x.device)
+        if isinstance(params, _Stacked):
+            return self._image_log_prob(x, params)
         patches = self.patches(x)
         B, L, d = patches.shape
         coords = self.model.coords(patches.reshape(B * L, d))
-        params = self._weights(x.dtype, x.device)
 
         def evaluate(c, need_grad):
             return chart_patch_log_prob(self.model, c, self.top_charts, need_grad, params=params,
                                         workspace=self._workspace, precision=self.precision)
 
         return _PatchLogProb.apply(coords, evaluate).reshape(B, L)
+
+    def _image_log_prob(self, x: torch.Tensor, params: dict) -> torch.Tensor:
+        B, _, H, W = x.shape
+        positions, offsets = self._positions(x)
+        L = positions.shape[1]
+        basis_t = self.model.basis.to(device=x.device, dtype=x.dtype).T
+
+        def evaluate(image, need_grad):
+            return chart_image_log_prob(self.model, image, offsets, self.top_charts, need_grad, params=params,
+                                        workspace=self._workspace, precision=self.precision)
+
+        def scatter(grad_coords):  # d/dx of sum_i g_i log p(P_i x) from g_i d log p / dc_i (B L, n)
+            grad_patches = (grad_coords @ basis_t).view(B, L, -1)
+            if self.n_patches is None:
+                return aggregate_patches(grad_patches, (H, W), self.patch_size, self.stride)
+            return aggregate_patches_at(grad_patches, positions, (H, W), self.patch_size)
+
+        return _ImageLogProb.apply(x, evaluate, scatter).reshape(B, L)
 
     def nll(self, x: torch.Tensor) -> torch.Tensor:
         """R(x) for each image of x (B, C, H, W): shape (B,), in x's dtype."""

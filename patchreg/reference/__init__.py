@@ -1,6 +1,6 @@
 """Pure-PyTorch reference implementations of every patchreg op (no argument checks here)."""
 
-from .charts import charts_log_prob
+from .charts import charts_image_points, charts_log_prob, charts_log_prob_image
 from .patches import (
     aggregate_patches,
     aggregate_patches_at,
@@ -13,7 +13,9 @@ from .patches import (
 __all__ = [
     "aggregate_patches",
     "aggregate_patches_at",
+    "charts_image_points",
     "charts_log_prob",
+    "charts_log_prob_image",
     "coverage_count",
     "extract_patches",
     "extract_patches_at",

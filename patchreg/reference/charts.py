@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from .chart_math import _silu_grad, gram_logdet, log_normalizer, radial_energy
 
-__all__ = ["charts_log_prob"]
+__all__ = ["charts_image_points", "charts_log_prob", "charts_log_prob_image", "patch_offset_index"]
 
 
 def _n_blocks(params, prefix):
@@ -71,3 +71,29 @@ def charts_log_prob(x: torch.Tensor, params: dict, log_alpha: torch.Tensor, sigm
                 - 0.5 * (n - d) * torch.log(2 * math.pi * sigma**2))
     total = torch.logsumexp(log_alpha + chart_lp, dim=-1)
     return (total, chart_lp) if return_chart_log_probs else total
+
+
+def patch_offset_index(image_shape, offsets: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C p^2) flat indices into image.flatten() of the patches whose top-left pixels are at `offsets` (B,),
+    in extract_patches' order (channel, row, column)."""
+    _, C, H, W = image_shape
+    p = patch_size
+    dev = offsets.device
+    rel = (torch.arange(C, device=dev)[:, None, None] * (H * W) + torch.arange(p, device=dev)[None, :, None] * W
+           + torch.arange(p, device=dev)[None, None, :]).reshape(-1)
+    return offsets[:, None] + rel
+
+
+def charts_image_points(image: torch.Tensor, offsets: torch.Tensor, patch_basis: torch.Tensor,
+                        point_scale: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """The points (B, n) of charts_log_prob_image: point_scale[b] * patch_basis^T (patch at offsets[b])."""
+    index = patch_offset_index(image.shape, offsets, patch_size)
+    patches = image.reshape(-1)[index]
+    return (patches @ patch_basis) * point_scale[:, None]
+
+
+def charts_log_prob_image(image, offsets, patch_basis, point_scale, patch_size, params, log_alpha, sigma,
+                          return_chart_log_probs: bool = False):
+    """charts_log_prob at the points read from image (charts_image_points); differentiable in image."""
+    x = charts_image_points(image, offsets, patch_basis, point_scale, patch_size)
+    return charts_log_prob(x, params, log_alpha, sigma, return_chart_log_probs)
