@@ -66,7 +66,7 @@ int64_t layout(const Problem<T>& P, T* base, Scratch<T>* s) {
   take(&s->scale, NB);
   take(&s->weight, NB);
   take(&s->vnni, Wd * d * NB / 2 + 16);
-  take(&s->pix, P.image == nullptr ? 0 : P.channels * P.patch * P.patch);
+  take(&s->pix, P.image == nullptr ? 0 : P.channels * P.patch * P.patch * NB);
   return off;
 }
 
@@ -253,24 +253,27 @@ void gram_logdet_inverse(const T* gram, int64_t d, bool inverse, T* logdet, T* g
   }
 }
 
-// The block's points read straight from the images (Problem::image): xt[i][p] = point_scale *
-// sum_q patch_basis[q][i] q_p[q], about 0.3% of a point's work with one residual block or more.
+// The block's points read straight from the images (Problem::image): the patches gathered
+// feature-major into pix (C p^2 x kBlock, padding columns zero), then xt = patch_basis^T pix as
+// one GEMM tile and each column times its point_scale.
 template <typename T>
 void load_patches(const Problem<T>& P, int64_t n0, int64_t nb, T* pix, T* xt) {
-  const int64_t NB = kBlock, n = P.n, pp = P.patch;
+  const int64_t NB = kBlock, n = P.n, pp = P.patch, D = P.channels * pp * pp;
+  for (int64_t i = 0; i < D * NB; ++i) pix[i] = T(0);
   for (int64_t p = 0; p < nb; ++p) {
     const T* src = P.image + P.offsets[n0 + p];
-    int64_t q = 0;
+    T* col = pix + p;
     for (int64_t c = 0; c < P.channels; ++c)
-      for (int64_t i = 0; i < pp; ++i)
-        for (int64_t j = 0; j < pp; ++j) pix[q++] = src[c * P.plane + i * P.row + j];
-    const T sc = P.point_scale[n0 + p];
-    for (int64_t r = 0; r < q; ++r) {
-      const T v = pix[r] * sc;
-      const T* b = P.patch_basis + r * n;
-      for (int64_t i = 0; i < n; ++i) xt[i * NB + p] += b[i] * v;
-    }
+      for (int64_t i = 0; i < pp; ++i) {
+        const T* r = src + c * P.plane + i * P.row;
+        for (int64_t j = 0; j < pp; ++j, col += NB) *col = r[j];
+      }
   }
+  gemm(P.patch_basis, int64_t(1), n, n, D, pix, NB, xt, NB, NB, nullptr);
+  T sc[kBlock];
+  for (int64_t p = 0; p < NB; ++p) sc[p] = p < nb ? P.point_scale[n0 + p] : T(0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t p = 0; p < NB; ++p) xt[i * NB + p] *= sc[p];
 }
 
 // Points [begin, end) of blocks of kBlock: every chart's log-density, the mixture's, and the gradient.

@@ -47,6 +47,9 @@ ENTRY_BUDGET = 1 << 24  # kept values (log-densities and gradients) per chunk of
 # True: rank the pairs as before 2026-12-03, by the GMM op on every pair's own Gaussian (P n^2 per patch instead
 # of K n^2); the same ranking up to rounding, kept only so bench/chart_prior_speed.py can time the old baseline
 _SELECT_BY_PAIRS = False
+# False: fused charts score the extracted (N, C p^2) patch matrix as before 2026-12-06 instead of letting the kernel
+# read the image (the same numbers up to rounding); kept only so bench/chart_prior_speed.py can time the old path
+_READ_FROM_IMAGE = True
 
 
 def select_charts(model: PatchCharts, coords: torch.Tensor, top_charts: int | None, extra_variance: float = 0.0):
@@ -500,7 +503,7 @@ class ChartPrior:
         extracted patch matrix (chart_patch_log_prob)."""
         self._check_image(x)
         params = self._weights(x.dtype, x.device)
-        if isinstance(params, _Stacked):
+        if isinstance(params, _Stacked) and _READ_FROM_IMAGE:
             return self._image_log_prob(x, params)
         patches = self.patches(x)
         B, L, d = patches.shape
