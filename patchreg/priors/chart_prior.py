@@ -2,8 +2,11 @@
 
 Per call of `ChartPrior.nll(x)`:
 1. the patches P_i x (all overlapping ones with `stride`, or `n_patches` random ones per image
-   redrawn every call, as PatchNR) are extracted by the fused patch op and mapped to their mean-free
-   coordinates c_i (patchreg.priors.patch_charts);
+   redrawn every call, as PatchNR) are named by the flat offsets of their top-left pixels; their
+   mean-free coordinates c_i (patchreg.priors.patch_charts) are never stored whole: the selector gathers
+   them in chunks of SELECT_CHUNK patches and the fused chart kernel reads each (patch, pair) entry's
+   patch straight from x (`charts_log_prob_image`, `chart_image_log_prob`). Charts the kernel does not
+   cover take the extracted patch matrix instead (`chart_patch_log_prob`);
 2. the selector (one Gaussian per chart, scaled to every (chart, scale) pair) ranks the pairs for every
    patch and keeps the `top_charts` best (PatchCharts.selector_top: the pairs' scores come from K
    per-chart quadratic forms by the fused GMM op, the best charts first, then their best pairs);
@@ -17,7 +20,7 @@ Per call of `ChartPrior.nll(x)`:
    evaluated chart by chart by their own differentiable `log_prob`, the gradient by autograd
    (`_run_generic_chart`): the same density and selection, without the kernel's speed;
 4. the gradient goes back to the image through the coordinates' basis and the fused aggregation
-   (the adjoint of extraction, via autograd of `extract_patches`).
+   (the adjoint of extraction: `aggregate_patches`, or `aggregate_patches_at` for random positions).
 With the reference backend (patchreg.use_backend("reference")) the same steps run in pure PyTorch.
 
 Dropping charts changes log p by at most log(1 + sum of the dropped charts' mass): with the
@@ -39,7 +42,8 @@ from ..reference.charts import charts_image_points
 from ._patch_images import check_patch_image, random_positions
 from .patch_charts import PatchCharts
 
-__all__ = ["ChartPrior", "chart_denoise_patches", "chart_patch_log_prob", "charts_restore", "select_charts"]
+__all__ = ["ChartPrior", "chart_denoise_patches", "chart_image_log_prob", "chart_patch_log_prob", "charts_restore",
+           "select_charts"]
 
 REDUCTIONS = ("mean", "sum")
 SELECT_CHUNK = 8192  # rows per block of the chart selection (its (rows, K) terms stay in cache)
