@@ -129,24 +129,24 @@ def _with_avx2_loops(fn):
             os.environ["PATCHREG_DISABLE_AVX512"] = saved
 
 
-def _pair_selection(fn):
+def _old_path(switch, value, fn):
+    """fn with one of chart_prior's baseline switches (_SELECT_BY_PAIRS, _READ_FROM_IMAGE) set to value."""
     import patchreg.priors.chart_prior as cp
 
-    cp._SELECT_BY_PAIRS = True
+    saved = getattr(cp, switch)
+    setattr(cp, switch, value)
     try:
         return fn()
     finally:
-        cp._SELECT_BY_PAIRS = False
+        setattr(cp, switch, saved)
+
+
+def _pair_selection(fn):
+    return _old_path("_SELECT_BY_PAIRS", True, fn)
 
 
 def _patch_matrix(fn):
-    import patchreg.priors.chart_prior as cp
-
-    cp._READ_FROM_IMAGE = False
-    try:
-        return fn()
-    finally:
-        cp._READ_FROM_IMAGE = True
+    return _old_path("_READ_FROM_IMAGE", False, fn)
 
 
 def _with_reference(fn):
