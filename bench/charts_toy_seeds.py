@@ -54,6 +54,16 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction")
 
 
+def w2_note(cells) -> str:
+    """Which cells' sliced W2 is one sample draw (before 2026-12-06) and which the mean of 5, like its floor."""
+    mean = sum("sliced_w2_draws" in c for c in cells)
+    if mean == len(cells):
+        return "the model's sliced W2 is the mean of 5 sample draws, like its floor"
+    if mean == 0:
+        return "the model's sliced W2 is one sample draw (cells from before 2026-12-06)"
+    return f"the model's sliced W2 is the mean of 5 sample draws in {mean} of {len(cells)} cells, one draw in the others"
+
+
 def overrides_of(args) -> dict:
     return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
 
@@ -150,7 +160,7 @@ def write_ablation(cells: list[dict], args, argv) -> None:
              f"{cfg['train_sigma']}, width {base.get('width', 64)}, seed fraction {cfg['seed_fraction']}, {base['n_train']} "
              f"noise-free training points, K as in the K column. Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
              "(distance relative to the diameter, coverage at eps = 0.1 and its floor, sliced W2 and its floor, held-out "
-             "NLL). Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
+             f"NLL). {w2_note(cells)} Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
              "diameter), coverage >= its floor - 0.001, sliced W2 <= 1.5x its floor. chart usage: the fewest and most of the generated samples any one chart drew. "
              "1 thread on the shared 2-core machine.", "",
              "| manifold | family | variant | seed | K | dist mean / diam | dist p95 / diam | coverage (floor) | "
@@ -241,7 +251,7 @@ def write_converged(cells: list[dict], args, argv) -> None:
              f"and as many held-out points: distance to the true manifold relative to its extrinsic diameter "
              f"(patchreg.charts.metrics.manifold_diameter), coverage at eps = {cells[0]['coverage_eps']} (its floor: "
              "the coverage of as many true samples), sliced W2 to the held-out points and its floor (as many true "
-             "samples against the same points, mean of 5 draws), held-out NLL in nats per point. 1 thread on the shared 2-core "
+             f"samples against the same points, mean of 5 draws; {w2_note(cells)}), held-out NLL in nats per point. 1 thread on the shared 2-core "
              "machine. Cells: mean (min-max) over the seeds.", "",
              "| manifold | family | K | seeds | " + " | ".join(t[1] for t in TABLE) + " | coverage floor |",
              "|---|---|---|---|" + "---|" * (len(TABLE) + 1)]

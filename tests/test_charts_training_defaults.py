@@ -141,6 +141,11 @@ def test_evaluate_reports_relative_distances_and_floors():
     assert result["dist_p95_rel"] == pytest.approx(result["dist_p95"] / 2.0)
     # the floors: true samples are close to the held-out ones, far closer than an untrained model
     assert 0 < result["sliced_w2_floor"] < result["sliced_w2"] / 3
+    # the model's W2 is the mean of as many sample draws as the floor's, the first draw kept apart
+    assert len(result["sliced_w2_draws"]) == len(result["sliced_w2_floor_draws"]) == 5
+    assert result["sliced_w2"] == pytest.approx(np.mean(result["sliced_w2_draws"]))
+    assert result["sliced_w2_single"] == result["sliced_w2_draws"][0]
+    assert len(set(result["sliced_w2_draws"])) == 5  # independent draws, not one sample five times
     assert result["coverage_floor"] > 0.99 > result["coverage"]
     assert np.isfinite(result["heldout_nll"])
 
