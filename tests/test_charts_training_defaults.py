@@ -229,3 +229,19 @@ def test_cli_uses_the_toys_own_settings(tmp_path):
                  "--out", str(out)]) == 0
     config = load_mixture(out, torch.float32)[1]["training"]["config"]
     assert config["lr"] == 5e-4 and config["batch_size"] == 64
+
+
+def test_finalize_uses_the_training_points_themselves():
+    """alpha is set on the data's own points (no resample with replacement), a seeded subset beyond the cap."""
+    from patchreg.charts import training
+
+    config = training.toy_train_config(30, seed=3)
+    small = torch.randn(500, 3, dtype=torch.float64)
+    assert torch.equal(training.finalize_points(small, config, torch.float64), small)
+    big = torch.arange(training.FINALIZE_POINTS + 777, dtype=torch.float64)[:, None].expand(-1, 2).contiguous()
+    picked = training.finalize_points(big, config, torch.float32)
+    assert picked.dtype == torch.float32 and len(picked) == training.FINALIZE_POINTS
+    assert len(torch.unique(picked[:, 0])) == training.FINALIZE_POINTS  # without replacement
+    assert torch.equal(picked, training.finalize_points(big, config, torch.float32))  # seeded
+    sampler = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731 (a streamed source keeps its draw)
+    assert len(training.finalize_points(sampler, config, torch.float32)) == min(config.seed_points, 4096)

@@ -497,8 +497,23 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
         bar.update(1)
     bar.close()
     running = model.log_alpha.clone()
-    # a generator of its own, so that finalizing does not shift the training stream (exact resume)
-    final_stream = BatchStream(data, config.batch_size, torch.Generator().manual_seed(config.seed + 1))
-    finalize(model, final_stream.draw(min(config.seed_points, 4096)).to(dtype), config.train_sigma)
+    finalize(model, finalize_points(data, config, dtype), config.train_sigma)
     save(running)
     return history
+
+
+FINALIZE_POINTS = 8192  # training points finalize() sets alpha and sigma on (a seeded subset beyond)
+
+
+def finalize_points(data, config: TrainConfig, dtype) -> torch.Tensor:
+    """The points of finalize(): a data tensor's own points (a seeded subset without replacement beyond
+    FINALIZE_POINTS), so that alpha is the training data's split between the charts; before 2026-12-06 it was a
+    resample with replacement of 4096 points, whose split scatters by about 0.8% (on two circles the model then
+    put 48.6% of its mass on a circle holding 49.9% of the data). A sampler draws min(seed_points, 4096) as before.
+    A generator of its own, so that finalizing does not shift the training stream (exact resume)."""
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    if callable(data):
+        return BatchStream(data, config.batch_size, generator).draw(min(config.seed_points, 4096)).to(dtype)
+    if len(data) > FINALIZE_POINTS:
+        data = data[torch.randperm(len(data), generator=generator)[:FINALIZE_POINTS]]
+    return data.to(dtype)
