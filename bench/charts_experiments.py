@@ -200,10 +200,9 @@ def digits_curve_callback(job: dict, data, config, classifier, curve: list):
     import torch
 
     from patchreg.charts.metrics import heldout_nll
-    from patchreg.charts.training import BatchStream, finalize
+    from patchreg.charts.training import finalize, finalize_points
 
-    points = BatchStream(data.train.float(), config.batch_size, torch.Generator().manual_seed(config.seed + 1)).draw(
-        min(config.seed_points, 4096))
+    points = finalize_points(data.train.float(), config, torch.float32)
 
     def callback(step, model, record):
         if step % job["eval_every"] and step != config.total_steps:
