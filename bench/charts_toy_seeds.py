@@ -18,7 +18,7 @@ to each manifold's diameter, the sliced-W2 and coverage floors, and Alberti et a
         --manifolds two_circles,sphere,torus --families fif,vae --seeds 0,1,2 \\
         --out bench/results/charts_toy_converged.md
 
-Ablations (issue 15's torus): `--charts`, `--width`, `--train-sigma`, `--batch-size`, `--lr`, `--seed-fraction`
+Ablations (issue 15's torus): `--charts`, `--width`, `--train-sigma`, `--batch-size`, `--lr`, `--seed-fraction`, `--overlap-scale`
 (and `--n-train`, `--steps`) change one setting of the defaults; each cell records them and its variant name
 (`--variant`, default: the changed settings, e.g. "charts=8", or "defaults"), cells are keyed by (manifold,
 family, seed, variant), and `--ablation` writes one row per (variant, seed) instead of the converged table:
@@ -51,7 +51,7 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 
 
 # the settings an ablation may change: option name -> TOY_DEFAULTS key (charts: the manifold's suggested K)
-OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction")
+OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale")
 
 
 def w2_note(cells) -> str:
@@ -225,8 +225,10 @@ def refresh_floors(cells: list[dict], n_eval: int) -> None:
 
 def own_settings(cells: list[dict], manifolds: list[str]) -> str:
     """The toys whose cells trained with settings of their own (patchreg.charts.training.TOY_SETTINGS), as text."""
-    keys = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule")
-    common = {k: cells[0]["config"][k] for k in keys}
+    from patchreg.charts.training import TOY_DEFAULTS
+
+    keys = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
+    common = {k: TOY_DEFAULTS[k] for k in keys}  # not the first cell's: that toy may have settings of its own
     parts = []
     for name in manifolds:
         own = {k: v for c in cells if c["manifold"] == name for k, v in c["config"].items() if k in keys and v != common[k]}
@@ -321,6 +323,7 @@ def main(argv=None) -> int:
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--seed-fraction", type=float, default=None)
+    g.add_argument("--overlap-scale", type=float, default=None)
     g.add_argument("--variant", default=None, help="the cells' variant name (default: the changed settings, or 'defaults')")
     g.add_argument("--ablation", action="store_true", help="write the ablation table (one row per variant and seed)")
     args = p.parse_args(argv)

@@ -41,7 +41,8 @@ def test_cosine_schedule_values_and_constant_unchanged():
 def test_config_check_names_field_and_bound():
     for field, value, match in [("lr_schedule", "step", "lr_schedule must be one of"), ("lr_final", 0.0, r"lr_final must be in \(0, 1\]"),
                                 ("seed_fraction", 1.5, r"seed_fraction must be in \(0, 1\]"), ("lr", -1.0, "lr must be > 0"),
-                                ("mixture_steps", -1, "mixture_steps must be >= 0")]:
+                                ("mixture_steps", -1, "mixture_steps must be >= 0"),
+                                ("overlap_scale", 0.5, "overlap_scale must be >= 1")]:
         with pytest.raises(ValueError, match=match):
             TrainConfig(**{field: value}).check()
     model = build_mixture("fif", 1, 2, 1, width=4, n_blocks=1)
@@ -60,8 +61,10 @@ def test_toy_train_config_phases_and_cli_help_defaults():
         assert getattr(config, key) == TOY_DEFAULTS[key]
     assert toy_train_config(10, lr=5e-4).total_steps == 10 and toy_train_config(10, lr=5e-4).lr == 5e-4
     # the CLI's help text quotes the same defaults
-    for key in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+    for key in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction",
+                "overlap_scale"):
         assert _TOY[key] == TOY_DEFAULTS[key], key
+    assert config.overlap_scale == TOY_DEFAULTS["overlap_scale"]
     split = [float(v) for v in _TOY["split"].split("/")]
     assert split[0] == TOY_DEFAULTS["pretrain_fraction"] and split[2] == TOY_DEFAULTS["overlap_fraction"]
     assert sum(split) == pytest.approx(1.0)
@@ -245,3 +248,40 @@ def test_finalize_uses_the_training_points_themselves():
     assert torch.equal(picked, training.finalize_points(big, config, torch.float32))  # seeded
     sampler = lambda n, g: torch.randn(n, 2, generator=g)  # noqa: E731 (a streamed source keeps its draw)
     assert len(training.finalize_points(sampler, config, torch.float32)) == min(config.seed_points, 4096)
+
+
+def test_overlap_scale_one_makes_the_overlap_phase_the_mixture_phase():
+    """overlap_scale 1 (the toys with an edge): the overlap phase's loss and responsibilities are the mixture phase's."""
+    annulus = get_manifold("annulus")
+    points = torch.from_numpy(annulus.sample(300, 0))
+    torch.manual_seed(0)
+    model = build_mixture("fif", 3, annulus.ambient_dim, annulus.intrinsic_dim, width=8, n_blocks=1).double()
+    centers = seed_charts(model, points, torch.Generator().manual_seed(0))
+
+    def loss(phase, scale):
+        # a wide training sigma: soft responsibilities, which the prior's scale visibly moves
+        config = TrainConfig(overlap_scale=scale, train_sigma=2.0)
+        return mixture_loss(model, points[:64], config, phase, centers, torch.Generator().manual_seed(1))
+
+    plain, w_plain = loss("mixture", 1.5)
+    same, w_same = loss("overlap", 1.0)
+    torch.testing.assert_close(same, plain, rtol=0, atol=0)
+    torch.testing.assert_close(w_same, w_plain, rtol=0, atol=0)
+    _, w_scaled = loss("overlap", 1.5)  # the default scale does hand points on: the test can tell the two apart
+    assert (w_scaled - w_plain).abs().max() > 1e-3
+
+
+def test_cli_overlap_scale(tmp_path, capsys):
+    from patchreg.charts import load_mixture
+    from patchreg.charts.training import toy_defaults
+    from patchreg.cli import main
+
+    out = tmp_path / "a.safetensors"
+    args = ["train", "charts", "--data", "toy:annulus", "--steps", "4", "--width", "4", "--blocks", "1", "--n-train", "200",
+            "--no-progress", "--out", str(out)]
+    assert main(args) == 0
+    assert load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_scale"] == toy_defaults("annulus")["overlap_scale"]
+    assert main(args + ["--overlap-scale", "2"]) == 0
+    assert load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_scale"] == 2.0
+    assert main(args + ["--overlap-scale", "0.5"]) == 2
+    assert "--overlap-scale must be >= 1" in capsys.readouterr().err

@@ -8,7 +8,8 @@ from pathlib import Path
 
 # The point-data defaults, for the help text only (importing patchreg.charts here would load torch on every
 # command); tests/test_charts.py checks that they equal patchreg.charts.training.TOY_DEFAULTS.
-_TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3)
+_TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
+            overlap_scale=1.5)
 
 
 def register_train(train_kinds) -> None:
@@ -46,6 +47,10 @@ def register_train(train_kinds) -> None:
     p.add_argument("--seed-fraction", type=float, default=None,
                    help=f"local seeding: each chart starts on this fraction of its k-means cluster, nearest its centre "
                         f"(default: point data {_TOY['seed_fraction']}, images 1)")
+    p.add_argument("--overlap-scale", type=float, default=None,
+                   help=f"overlap phase: responsibilities use the latent prior at this multiple of |z|, so points near a "
+                        f"chart's border go to a neighbour (>= 1; 1: no hand-off; default: point data {_TOY['overlap_scale']} "
+                        f"or the toy's own, e.g. 1 for the annulus and the swiss roll, which have an edge; images 1.5)")
     p.add_argument("--revive-every", type=int, default=0,
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
                         "data (0: never, the default), each first trained alone on its cluster for 50 steps")
@@ -100,9 +105,10 @@ def _train_in_world(args) -> int:
     image = _is_image_spec(args.data) or args.patch_size is not None
     # point data: TOY_DEFAULTS with a toy manifold's own settings over them (patchreg.charts.training.TOY_SETTINGS)
     defaults = (dict(steps=1600, batch_size=128, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2,
-                     seed_fraction=1.0)
+                     seed_fraction=1.0, overlap_scale=1.5)
                 if image else toy_defaults(args.data[4:] if args.data.startswith("toy:") else None))
-    for name in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction"):
+    for name in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction",
+                 "overlap_scale"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
     if args.charts is not None and args.charts < 1:
@@ -124,6 +130,8 @@ def _train_in_world(args) -> int:
                          f"({current_world().world_size})")
     if not args.train_sigma > 0:
         raise ValueError(f"--train-sigma must be > 0, got {args.train_sigma}")
+    if not args.overlap_scale >= 1:
+        raise ValueError(f"--overlap-scale must be >= 1 (1: no hand-off), got {args.overlap_scale}")
     if image:
         if args.charts is None:
             args.charts = 2
@@ -146,7 +154,8 @@ def _train_in_world(args) -> int:
                               args.train_sigma, args.beta).float()
     config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                               train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                              seed_fraction=args.seed_fraction, revive_every=args.revive_every)
+                              seed_fraction=args.seed_fraction, revive_every=args.revive_every,
+                              overlap_scale=args.overlap_scale)
     try:
         history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as exc:
@@ -186,7 +195,7 @@ def _train_patches(args) -> int:
     q = args.steps // 4
     config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
                          lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
-                         seed_fraction=args.seed_fraction,
+                         seed_fraction=args.seed_fraction, overlap_scale=args.overlap_scale,
                          checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
                          responsibility_floor=args.responsibility_floor, revive_every=args.revive_every).check()
     out = Path(args.out)
