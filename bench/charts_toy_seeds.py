@@ -51,7 +51,7 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 
 
 # the settings an ablation may change: option name -> TOY_DEFAULTS key (charts: the manifold's suggested K)
-OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale")
+OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale", "latent_blocks")
 
 
 def w2_note(cells) -> str:
@@ -97,10 +97,11 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     overrides = dict(overrides or {})
     k = overrides.pop("charts", None) or TOY_DEFAULTS.get("charts") or m.suggested_charts
     width = overrides.pop("width", None) or TOY_DEFAULTS["width"]
+    latent_blocks = overrides.pop("latent_blocks", None) or 0
     sigma = overrides.get("train_sigma", TOY_DEFAULTS["train_sigma"])
     torch.manual_seed(seed)
     model = build_mixture(family, k, m.ambient_dim, m.intrinsic_dim, width=width,
-                          n_blocks=TOY_DEFAULTS["blocks"], sigma=sigma)
+                          n_blocks=TOY_DEFAULTS["blocks"], sigma=sigma, latent_blocks=latent_blocks)
     config = toy_train_config(steps, manifold=manifold, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
     started = time.time()
     history = train_mixture(model, data.train.float(), config, progress=False)
@@ -324,6 +325,7 @@ def main(argv=None) -> int:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--seed-fraction", type=float, default=None)
     g.add_argument("--overlap-scale", type=float, default=None)
+    g.add_argument("--latent-blocks", type=int, default=None, help="vae: coupling blocks of the latent flow (0: none)")
     g.add_argument("--variant", default=None, help="the cells' variant name (default: the changed settings, or 'defaults')")
     g.add_argument("--ablation", action="store_true", help="write the ablation table (one row per variant and seed)")
     args = p.parse_args(argv)

@@ -7,7 +7,9 @@ network that starts near the identity/zero-padding starts on the cluster's tange
 Conv architectures use the "center" alignment (Q = I), which keeps the pixel layout.
 
 The chart density (the formula of the issue), with J the exact decoder Jacobian at z = E(x):
-  log p_k(x) = log p_Z(z) - 1/2 log det(J^T J) - ||x - D(z)||^2 / (2 sigma^2) - (n - d)/2 log(2 pi sigma^2).
+  log p_k(x) = log q(z) - 1/2 log det(J^T J) - ||x - D(z)||^2 / (2 sigma^2) - (n - d)/2 log(2 pi sigma^2),
+q the chart's latent density: the prior p_Z, or (a VAE chart with a latent flow phi) p_Z(phi(z)) |det phi'(z)|;
+-log q(z) - log Z_d is `latent_energy`.
 """
 
 from __future__ import annotations
@@ -118,6 +120,15 @@ class Chart(nn.Module):
         eye = torch.eye(self.latent_dim, dtype=z.dtype, device=z.device).expand(z.shape[0], -1, -1)
         return self.decode_jvp(z, eye)
 
+    # -- latent density --------------------------------------------------------------------
+    def latent_energy(self, z: torch.Tensor, prior, overlap_scale: float = 1.0) -> torch.Tensor:
+        """-log q(z) - log Z_d (B,): the prior's energy U(overlap_scale |z|); charts with a latent flow override it."""
+        return prior.energy(z, overlap_scale)
+
+    def latent_from_prior(self, w: torch.Tensor) -> torch.Tensor:
+        """The chart's latent z for a draw w ~ p_Z (sampling): w itself; with a latent flow phi, phi^-1(w)."""
+        return w
+
     # -- density -------------------------------------------------------------------------
     def log_prob(self, x: torch.Tensor, prior, sigma, overlap_scale: float = 1.0) -> torch.Tensor:
         """log p_k(x) (B,) by the chart density formula; `overlap_scale` > 1 shrinks the prior's support."""
@@ -127,7 +138,7 @@ class Chart(nn.Module):
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
         codim = self.ambient_dim - self.latent_dim
         return (
-            -prior.energy(z, overlap_scale)
+            -self.latent_energy(z, prior, overlap_scale)
             - prior.log_z
             - 0.5 * gram_logdet(jac)
             - residual / (2 * sigma**2)

@@ -3,8 +3,9 @@
 Blocks alternate which half is transformed, so that with zero-initialised output layers the
 whole network starts as the identity; the chart then starts with D(z) = (z, 0) in its frame,
 the tangent plane of its data cluster. Scales use GLOW's soft clamp
-s = (2 c / pi) atan(s / c). Only forward and inverse are needed here (the chart density uses
-the decoder Jacobian directly, not the flow's log-determinant).
+s = (2 c / pi) atan(s / c). The decoder needs only forward and inverse (the chart density uses the
+decoder Jacobian directly); the latent flow of a VAE chart (Alberti et al.'s code: 3 blocks in front
+of the decoder when d > 1) also needs its log-determinant (forward_and_logdet).
 """
 
 from __future__ import annotations
@@ -74,11 +75,19 @@ class CouplingFlow(nn.Module):
         return torch.cat([cond, moved] if i % 2 == 0 else [moved, cond], dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_and_logdet(x)[0]
+
+    def forward_and_logdet(self, x: torch.Tensor):
+        """(T(x), log|det T'(x)| (B,)): each block scales its moved half by exp(s), so the log-determinant is
+        the sum of the clamped s."""
+        logdet = x.new_zeros(x.shape[:-1])
         for i, net in enumerate(self.subnets):
             cond, moved = self._halves(x, i)
             s, t = net(cond)
-            x = self._join(cond, moved * torch.exp(self._scale(s)) + t, i)
-        return x
+            s = self._scale(s)
+            x = self._join(cond, moved * torch.exp(s) + t, i)
+            logdet = logdet + s.sum(-1)
+        return x, logdet
 
     def jvp(self, x: torch.Tensor, tangents: torch.Tensor):
         """(T(x), T'(x) @ tangents) for tangents (B, dim, m), by hand-written forward mode."""

@@ -149,7 +149,7 @@ class ChartMixture(nn.Module):
         for k, chart in enumerate(self.charts):
             sel = labels == k
             if sel.any():
-                x[sel] = chart.decode(z[sel].to(self.log_alpha.device)).cpu()
+                x[sel] = chart.decode(chart.latent_from_prior(z[sel].to(self.log_alpha.device))).cpu()
         if noise:
             x = x + self.sigma.cpu() * torch.randn(x.shape, generator=generator, dtype=dtype)
         return x, labels
@@ -157,7 +157,8 @@ class ChartMixture(nn.Module):
 
 def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int, architecture: str = "mlp",
                   width: int = 64, n_blocks: int = 2, sigma: float = 0.05, beta: float | None = None,
-                  align: str | None = None, coupling_blocks: int = 5, sigma_per_chart: bool = False) -> ChartMixture:
+                  align: str | None = None, coupling_blocks: int = 5, sigma_per_chart: bool = False,
+                  latent_blocks: int = 0) -> ChartMixture:
     """A ChartMixture of `n_charts` built-in charts; the returned model's `config` rebuilds it (checkpoints)."""
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
@@ -172,13 +173,18 @@ def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int,
         raise ValueError("the vae family uses coupling networks (MLP subnets); architecture must be 'mlp'")
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    _checks.check_int("latent_blocks", latent_blocks, 0)
+    if latent_blocks and family != "vae":
+        raise ValueError(f"latent_blocks (a latent flow) is for the vae family (Alberti et al.), got family {family!r}")
+    if latent_blocks and latent_dim < 2:
+        raise ValueError(f"latent_blocks > 0 needs latent_dim >= 2 (a coupling flow splits z), got latent_dim={latent_dim}")
     align = align or ("center" if architecture == "conv" else "pca")
     if align not in ALIGNMENTS:
         raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
     charts = []
     for _ in range(n_charts):
         if family == "vae":
-            charts.append(InjectiveFlowChart(ambient_dim, latent_dim, width, coupling_blocks))
+            charts.append(InjectiveFlowChart(ambient_dim, latent_dim, width, coupling_blocks, latent_blocks=latent_blocks))
         else:
             enc, dec = build_encoder_decoder(architecture, ambient_dim, latent_dim, width, n_blocks)
             charts.append(FreeFormChart(enc, dec, ambient_dim, latent_dim, beta))
@@ -187,4 +193,6 @@ def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int,
                   align=align, coupling_blocks=coupling_blocks)
     if sigma_per_chart:  # only recorded when set, so older checkpoints' configs still compare equal
         config["sigma_per_chart"] = True
+    if latent_blocks:  # likewise
+        config["latent_blocks"] = latent_blocks
     return ChartMixture(charts, sigma, config, sigma_per_chart=sigma_per_chart)

@@ -35,6 +35,9 @@ def register_train(train_kinds) -> None:
                    help=f"residual blocks per network (default: point data {_TOY['blocks']}, images 2)")
     p.add_argument("--train-sigma", type=float, default=None,
                    help=f"noise scale of the training loss (default: point data {_TOY['train_sigma']}, images 0.05)")
+    p.add_argument("--latent-blocks", type=int, default=0,
+                   help="vae family, point data: coupling blocks of a latent flow in front of the radial prior, so each "
+                        "chart learns its latent density (Alberti et al.'s code uses 3 when d > 1; 0: none, the default)")
     p.add_argument("--beta", type=float, default=None, help="FIF reconstruction weight (default 1/(2 train_sigma^2))")
     p.add_argument("--steps", type=int, default=None,
                    help=f"total steps (default: point data {_TOY['steps']}, split {_TOY['split']} pretrain / mixture / "
@@ -130,6 +133,10 @@ def _train_in_world(args) -> int:
                          f"({current_world().world_size})")
     if not args.train_sigma > 0:
         raise ValueError(f"--train-sigma must be > 0, got {args.train_sigma}")
+    if args.latent_blocks < 0:
+        raise ValueError(f"--latent-blocks must be >= 0, got {args.latent_blocks}")
+    if args.latent_blocks and (args.family != "vae" or image):
+        raise ValueError("--latent-blocks is for the vae family on point data (--family vae, no --patch-size)")
     if not args.overlap_scale >= 1:
         raise ValueError(f"--overlap-scale must be >= 1 (1: no hand-off), got {args.overlap_scale}")
     if image:
@@ -151,7 +158,7 @@ def _train_in_world(args) -> int:
         model, _ = load_mixture(out, torch.float32)
     else:
         model = build_mixture(args.family, args.charts, n, d, args.architecture, args.width, args.blocks,
-                              args.train_sigma, args.beta).float()
+                              args.train_sigma, args.beta, latent_blocks=args.latent_blocks).float()
     config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                               train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
                               seed_fraction=args.seed_fraction, revive_every=args.revive_every,
