@@ -242,13 +242,18 @@ def write_converged(cells: list[dict], args, argv) -> None:
     refresh_floors(cells, args.n_eval)
     seeds = sorted({c["seed"] for c in cells})
     manifolds = [m for m in args.manifolds.split(",") if any(c["manifold"] == m for c in cells)]
-    cfg = cells[0]["config"]
+    from patchreg.charts.training import TOY_DEFAULTS
+
+    # the common settings: a cell of a toy without settings of its own (the others are listed by own_settings)
+    common = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
+    cfg = next((c["config"] for c in cells if all(c["config"].get(k) == TOY_DEFAULTS[k] for k in common)), cells[0]["config"])
     lines = ["# Chart mixtures on toy manifolds at convergence (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}`", "",
              f"Seeds {seeds}; every cell is `patchreg train charts`'s defaults: {cells[0]['steps']} steps "
              f"(pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
-             f"{cfg['train_sigma']}, seed fraction {cfg.get('seed_fraction', 1.0)}, {cells[0]['n_train']} noise-free "
+             f"{cfg['train_sigma']}, seed fraction {cfg.get('seed_fraction', 1.0)}, overlap scale {cfg.get('overlap_scale', 1.5)} "
+             f"(1: no hand-off), {cells[0]['n_train']} noise-free "
              f"training points, K = the manifold's suggested K{own_settings(cells, manifolds)}. Metrics on "
              f"{cells[0]['n_samples']} generated samples "
              f"and as many held-out points: distance to the true manifold relative to its extrinsic diameter "

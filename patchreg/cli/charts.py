@@ -9,7 +9,7 @@ from pathlib import Path
 # The point-data defaults, for the help text only (importing patchreg.charts here would load torch on every
 # command); tests/test_charts.py checks that they equal patchreg.charts.training.TOY_DEFAULTS.
 _TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
-            overlap_scale=1.5)
+            overlap_scale=1.0)
 
 
 def register_train(train_kinds) -> None:
@@ -52,8 +52,8 @@ def register_train(train_kinds) -> None:
                         f"(default: point data {_TOY['seed_fraction']}, images 1)")
     p.add_argument("--overlap-scale", type=float, default=None,
                    help=f"overlap phase: responsibilities use the latent prior at this multiple of |z|, so points near a "
-                        f"chart's border go to a neighbour (>= 1; 1: no hand-off; default: point data {_TOY['overlap_scale']} "
-                        f"or the toy's own, e.g. 1 for the annulus and the swiss roll, which have an edge; images 1.5)")
+                        f"chart's border go to a neighbour (>= 1; 1: no hand-off, the phase is a plain mixture phase; "
+                        f"default: point data {_TOY['overlap_scale']}, images 1.5)")
     p.add_argument("--revive-every", type=int, default=0,
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
                         "data (0: never, the default), each first trained alone on its cluster for 50 steps")
