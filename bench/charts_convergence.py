@@ -32,7 +32,7 @@ def build(args):
     from patchreg.charts.datasets import load_dataset
     from patchreg.charts.training import toy_defaults, toy_train_config
 
-    TOY_DEFAULTS = toy_defaults(args.manifold)  # with the toy's own settings (TOY_SETTINGS)
+    TOY_DEFAULTS = toy_defaults(args.manifold, args.family)  # with the family's and the toy's own settings
     data = load_dataset(f"toy:{args.manifold}", args.n_train, args.eval_n, args.seed)
     m = data.manifold
     k = args.charts or TOY_DEFAULTS.get("charts") or m.suggested_charts
@@ -44,7 +44,7 @@ def build(args):
                           coupling_blocks=args.coupling_blocks)
     overrides = {key: getattr(args, key) for key in ("lr", "lr_schedule", "batch_size", "overlap_scale", "seed_fraction", "lr_final")
                  if getattr(args, key) is not None}
-    config = toy_train_config(args.steps, manifold=args.manifold, seed=args.seed, train_sigma=sigma, **overrides)
+    config = toy_train_config(args.steps, manifold=args.manifold, family=args.family, seed=args.seed, train_sigma=sigma, **overrides)
     if args.pretrain_fraction is not None or args.overlap_fraction is not None:
         pre = int(round(args.steps * (args.pretrain_fraction if args.pretrain_fraction is not None else 0.1)))
         over = int(round(args.steps * (args.overlap_fraction if args.overlap_fraction is not None else 0.2)))

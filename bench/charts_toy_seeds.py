@@ -91,7 +91,7 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     from patchreg.charts.metrics import evaluate_mixture
     from patchreg.charts.training import toy_defaults, toy_train_config
 
-    TOY_DEFAULTS = toy_defaults(manifold)  # with the toy's own settings (TOY_SETTINGS), as the CLI
+    TOY_DEFAULTS = toy_defaults(manifold, family)  # with the family's and the toy's own settings, as the CLI
     data = load_dataset(f"toy:{manifold}", n_train, n_eval, seed)
     m = data.manifold
     overrides = dict(overrides or {})
@@ -102,7 +102,7 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     torch.manual_seed(seed)
     model = build_mixture(family, k, m.ambient_dim, m.intrinsic_dim, width=width,
                           n_blocks=TOY_DEFAULTS["blocks"], sigma=sigma, latent_blocks=latent_blocks)
-    config = toy_train_config(steps, manifold=manifold, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
+    config = toy_train_config(steps, manifold=manifold, family=family, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
     started = time.time()
     history = train_mixture(model, data.train.float(), config, progress=False)
     seconds = time.time() - started
@@ -226,13 +226,14 @@ def refresh_floors(cells: list[dict], n_eval: int) -> None:
 
 def own_settings(cells: list[dict], manifolds: list[str]) -> str:
     """The toys whose cells trained with settings of their own (patchreg.charts.training.TOY_SETTINGS), as text."""
-    from patchreg.charts.training import TOY_DEFAULTS
+    from patchreg.charts.training import toy_defaults
 
     keys = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
-    common = {k: TOY_DEFAULTS[k] for k in keys}  # not the first cell's: that toy may have settings of its own
+    # against the family's defaults, not the first cell's settings: that toy may have settings of its own
     parts = []
     for name in manifolds:
-        own = {k: v for c in cells if c["manifold"] == name for k, v in c["config"].items() if k in keys and v != common[k]}
+        own = {k: v for c in cells if c["manifold"] == name for k, v in c["config"].items()
+               if k in keys and v != toy_defaults(None, c["family"])[k]}
         if own:
             parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
     return (" or the toy's own (TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""

@@ -272,6 +272,7 @@ def test_overlap_scale_one_makes_the_overlap_phase_the_mixture_phase():
 
 
 def test_cli_overlap_scale(tmp_path, capsys):
+    """--overlap-scale, and each family's default (the VAE keeps the hand-off)."""
     from patchreg.charts import load_mixture
     from patchreg.charts.training import toy_defaults
     from patchreg.cli import main
@@ -281,7 +282,20 @@ def test_cli_overlap_scale(tmp_path, capsys):
             "--no-progress", "--out", str(out)]
     assert main(args) == 0
     assert load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_scale"] == toy_defaults("annulus")["overlap_scale"]
+    assert main(args + ["--family", "vae"]) == 0
+    assert load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_scale"] == toy_defaults("annulus", "vae")["overlap_scale"]
     assert main(args + ["--overlap-scale", "2"]) == 0
     assert load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_scale"] == 2.0
     assert main(args + ["--overlap-scale", "0.5"]) == 2
     assert "--overlap-scale must be >= 1" in capsys.readouterr().err
+
+
+def test_family_settings_sit_between_the_defaults_and_the_toys():
+    from patchreg.charts.training import FAMILY_SETTINGS, TOY_SETTINGS, toy_defaults
+
+    assert toy_defaults(None, "fif") == TOY_DEFAULTS
+    vae = toy_defaults("sphere", "vae")
+    for key, value in FAMILY_SETTINGS["vae"].items():
+        assert vae[key] == value and toy_train_config(manifold="sphere", family="vae").overlap_scale == vae["overlap_scale"]
+    assert toy_train_config(manifold="sphere", family="fif").overlap_scale == TOY_DEFAULTS["overlap_scale"] != vae["overlap_scale"]
+    assert toy_defaults("torus", "vae")["charts"] == TOY_SETTINGS["torus"]["charts"]  # the toy's own settings still apply

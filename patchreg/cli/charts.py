@@ -53,7 +53,7 @@ def register_train(train_kinds) -> None:
     p.add_argument("--overlap-scale", type=float, default=None,
                    help=f"overlap phase: responsibilities use the latent prior at this multiple of |z|, so points near a "
                         f"chart's border go to a neighbour (>= 1; 1: no hand-off, the phase is a plain mixture phase; "
-                        f"default: point data {_TOY['overlap_scale']}, images 1.5)")
+                        f"default: point data {_TOY['overlap_scale']} (vae family 1.5), images 1.5)")
     p.add_argument("--revive-every", type=int, default=0,
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
                         "data (0: never, the default), each first trained alone on its cluster for 50 steps")
@@ -109,7 +109,7 @@ def _train_in_world(args) -> int:
     # point data: TOY_DEFAULTS with a toy manifold's own settings over them (patchreg.charts.training.TOY_SETTINGS)
     defaults = (dict(steps=1600, batch_size=128, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2,
                      seed_fraction=1.0, overlap_scale=1.5)
-                if image else toy_defaults(args.data[4:] if args.data.startswith("toy:") else None))
+                if image else toy_defaults(args.data[4:] if args.data.startswith("toy:") else None, args.family))
     for name in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction",
                  "overlap_scale"):
         if getattr(args, name) is None:
