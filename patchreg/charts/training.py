@@ -14,7 +14,8 @@ Phases (steps counted over one stream of random mini-batches, so a run is resuma
                not re-expand them within 50 steps. Hence the scale is applied to the
                responsibilities only. On point data the default is now overlap_scale 1 (no
                hand-off: the phase is a plain mixture phase), which fitted every toy manifold
-               at least as well (TOY_DEFAULTS); image patches keep 1.5.
+               at least as well (TOY_DEFAULTS); the VAE family (FAMILY_SETTINGS) and image
+               patches keep 1.5.
 L_ik is the chart family's loss (VAE: negative ELBO; FIF: FIF loss); S_ik its assignment
 score (VAE: -L without encoder noise, as Alberti et al.; FIF: the exact chart log-density,
 because the FIF loss's value is meaningless). alpha follows the mean responsibilities.
