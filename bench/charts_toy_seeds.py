@@ -52,6 +52,8 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 
 # the settings an ablation may change: option name -> TOY_DEFAULTS key (charts: the manifold's suggested K)
 OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale", "latent_blocks")
+# the training settings a toy or a family may have of its own (TOY_SETTINGS, FAMILY_SETTINGS), named in table headers
+SETTING_KEYS = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
 
 
 def w2_note(cells) -> str:
@@ -228,12 +230,12 @@ def own_settings(cells: list[dict], manifolds: list[str]) -> str:
     """The toys whose cells trained with settings of their own (patchreg.charts.training.TOY_SETTINGS), as text."""
     from patchreg.charts.training import toy_defaults
 
-    keys = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
     # against the family's defaults, not the first cell's settings: that toy may have settings of its own
+    family_defaults = {f: toy_defaults(None, f) for f in {c["family"] for c in cells}}
     parts = []
     for name in manifolds:
-        own = {k: v for c in cells if c["manifold"] == name for k, v in c["config"].items()
-               if k in keys and v != toy_defaults(None, c["family"])[k]}
+        own = {k: c["config"][k] for c in cells if c["manifold"] == name for k in SETTING_KEYS
+               if c["config"].get(k) != family_defaults[c["family"]][k]}
         if own:
             parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
     return (" or the toy's own (TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""
@@ -246,8 +248,8 @@ def write_converged(cells: list[dict], args, argv) -> None:
     from patchreg.charts.training import TOY_DEFAULTS
 
     # the common settings: a cell of a toy without settings of its own (the others are listed by own_settings)
-    common = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
-    cfg = next((c["config"] for c in cells if all(c["config"].get(k) == TOY_DEFAULTS[k] for k in common)), cells[0]["config"])
+    cfg = next((c["config"] for c in cells if all(c["config"].get(k) == TOY_DEFAULTS[k] for k in SETTING_KEYS)),
+               cells[0]["config"])
     lines = ["# Chart mixtures on toy manifolds at convergence (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}`", "",
              f"Seeds {seeds}; every cell is `patchreg train charts`'s defaults: {cells[0]['steps']} steps "

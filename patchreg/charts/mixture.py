@@ -176,8 +176,6 @@ def build_mixture(family: str, n_charts: int, ambient_dim: int, latent_dim: int,
     _checks.check_int("latent_blocks", latent_blocks, 0)
     if latent_blocks and family != "vae":
         raise ValueError(f"latent_blocks (a latent flow) is for the vae family (Alberti et al.), got family {family!r}")
-    if latent_blocks and latent_dim < 2:
-        raise ValueError(f"latent_blocks > 0 needs latent_dim >= 2 (a coupling flow splits z), got latent_dim={latent_dim}")
     align = align or ("center" if architecture == "conv" else "pca")
     if align not in ALIGNMENTS:
         raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}")
