@@ -51,7 +51,8 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 
 
 # the settings an ablation may change: option name -> TOY_DEFAULTS key (charts: the manifold's suggested K)
-OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale", "latent_blocks")
+OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale", "overlap_in_loss",
+             "latent_blocks")
 # the training settings a toy or a family may have of its own (TOY_SETTINGS, FAMILY_SETTINGS), named in table headers
 SETTING_KEYS = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
 
@@ -241,6 +242,20 @@ def own_settings(cells: list[dict], manifolds: list[str]) -> str:
     return (" or the toy's own (TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""
 
 
+def family_settings(cells: list[dict]) -> str:
+    """The settings every cell of a family shares and TOY_DEFAULTS does not (FAMILY_SETTINGS), as text."""
+    from patchreg.charts.training import TOY_DEFAULTS
+
+    parts = []
+    for family in sorted({c["family"] for c in cells}):
+        first, *rest = [c["config"] for c in cells if c["family"] == family]
+        own = {k: first.get(k) for k in SETTING_KEYS if first.get(k) != TOY_DEFAULTS[k]
+               and all(r.get(k) == first.get(k) for r in rest)}
+        if own:
+            parts.append(f"the {family} family " + ", ".join(f"{k} {v}" for k, v in own.items()))
+    return (" Settings of a family's own (FAMILY_SETTINGS), in every cell of that family: " + "; ".join(parts) + ".") if parts else ""
+
+
 def write_converged(cells: list[dict], args, argv) -> None:
     refresh_floors(cells, args.n_eval)
     seeds = sorted({c["seed"] for c in cells})
@@ -257,7 +272,7 @@ def write_converged(cells: list[dict], args, argv) -> None:
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, seed fraction {cfg.get('seed_fraction', 1.0)}, overlap scale {cfg.get('overlap_scale', 1.5)} "
              f"(1: no hand-off), {cells[0]['n_train']} noise-free "
-             f"training points, K = the manifold's suggested K{own_settings(cells, manifolds)}. Metrics on "
+             f"training points, K = the manifold's suggested K{own_settings(cells, manifolds)}.{family_settings(cells)} Metrics on "
              f"{cells[0]['n_samples']} generated samples "
              f"and as many held-out points: distance to the true manifold relative to its extrinsic diameter "
              f"(patchreg.charts.metrics.manifold_diameter), coverage at eps = {cells[0]['coverage_eps']} (its floor: "
@@ -333,6 +348,8 @@ def main(argv=None) -> int:
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--seed-fraction", type=float, default=None)
     g.add_argument("--overlap-scale", type=float, default=None)
+    g.add_argument("--overlap-in-loss", action="store_const", const=True, default=None,
+                   help="overlap phase: the scaled prior in the charts' loss too, as Alberti et al.'s code")
     g.add_argument("--latent-blocks", type=int, default=None, help="vae: coupling blocks of the latent flow (0: none)")
     g.add_argument("--variant", default=None, help="the cells' variant name (default: the changed settings, or 'defaults')")
     g.add_argument("--ablation", action="store_true", help="write the ablation table (one row per variant and seed)")

@@ -271,6 +271,49 @@ def test_overlap_scale_one_makes_the_overlap_phase_the_mixture_phase():
     assert (w_scaled - w_plain).abs().max() > 1e-3
 
 
+def test_overlap_in_loss_scales_the_prior_in_the_charts_loss():
+    """overlap_in_loss (Alberti et al.'s overlap phase): each chart's loss uses the prior at overlap_scale * z, only
+    in the overlap phase; the responsibilities are the same either way."""
+    sphere = get_manifold("sphere")
+    points = torch.from_numpy(sphere.sample(300, 0))
+    torch.manual_seed(0)
+    model = build_mixture("vae", 2, 3, 2, width=8, sigma=2.0).double()
+    centers = seed_charts(model, points, torch.Generator().manual_seed(0))
+    x = points[:64]
+
+    def loss(phase, in_loss):
+        config = TrainConfig(overlap_scale=1.5, train_sigma=2.0, overlap_in_loss=in_loss)
+        return mixture_loss(model, x, config, phase, centers, torch.Generator().manual_seed(1))
+
+    def expected(w, scale):  # the same random draws, chart by chart, as mixture_loss takes them
+        gen = torch.Generator().manual_seed(1)
+        losses = torch.stack([c.training_loss(x, model.prior, 2.0, scale, gen) for c in model.charts], -1)
+        return (w * losses).sum(-1).mean()
+
+    authors, w_authors = loss("overlap", True)
+    ours, w_ours = loss("overlap", False)
+    torch.testing.assert_close(w_authors, w_ours, rtol=0, atol=0)
+    torch.testing.assert_close(authors, expected(w_authors, 1.5))
+    torch.testing.assert_close(ours, expected(w_ours, 1.0))
+    assert authors > ours  # U(1.5 z) >= U(z) for the radial prior: the test can tell the two apart
+    mixture, _ = loss("mixture", True)  # other phases ignore it
+    torch.testing.assert_close(mixture, loss("mixture", False)[0], rtol=0, atol=0)
+
+
+def test_cli_overlap_in_loss(tmp_path):
+    from patchreg.charts import load_mixture
+    from patchreg.charts.training import toy_defaults
+    from patchreg.cli import main
+
+    out = tmp_path / "a.safetensors"
+    args = ["train", "charts", "--data", "toy:sphere", "--steps", "4", "--width", "4", "--blocks", "1", "--n-train", "200",
+            "--no-progress", "--family", "vae", "--out", str(out)]
+    saved = lambda: load_mixture(out, torch.float32)[1]["training"]["config"]["overlap_in_loss"]  # noqa: E731
+    assert main(args) == 0 and saved() == toy_defaults("sphere", "vae")["overlap_in_loss"]
+    assert main(args + ["--overlap-in-loss"]) == 0 and saved() is True
+    assert main(args + ["--no-overlap-in-loss"]) == 0 and saved() is False
+
+
 def test_cli_overlap_scale(tmp_path, capsys):
     """--overlap-scale, and each family's default (the VAE keeps the hand-off)."""
     from patchreg.charts import load_mixture
@@ -292,10 +335,13 @@ def test_cli_overlap_scale(tmp_path, capsys):
 
 def test_family_settings_sit_between_the_defaults_and_the_toys():
     from patchreg.charts.training import FAMILY_SETTINGS, TOY_SETTINGS, toy_defaults
+    from patchreg.cli.charts import _VAE
+
+    assert _VAE == FAMILY_SETTINGS["vae"]  # the CLI's help text quotes them
 
     assert toy_defaults(None, "fif") == TOY_DEFAULTS
     vae = toy_defaults("sphere", "vae")
     for key, value in FAMILY_SETTINGS["vae"].items():
-        assert vae[key] == value and toy_train_config(manifold="sphere", family="vae").overlap_scale == vae["overlap_scale"]
+        assert vae[key] == value and getattr(toy_train_config(manifold="sphere", family="vae"), key) == value
     assert toy_train_config(manifold="sphere", family="fif").overlap_scale == TOY_DEFAULTS["overlap_scale"] != vae["overlap_scale"]
     assert toy_defaults("torus", "vae")["charts"] == TOY_SETTINGS["torus"]["charts"]  # the toy's own settings still apply

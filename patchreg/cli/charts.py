@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -9,7 +10,9 @@ from pathlib import Path
 # The point-data defaults, for the help text only (importing patchreg.charts here would load torch on every
 # command); tests/test_charts.py checks that they equal patchreg.charts.training.TOY_DEFAULTS.
 _TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
-            overlap_scale=1.0)
+            overlap_scale=1.0, overlap_in_loss=False)
+# The VAE family's own point-data settings (patchreg.charts.training.FAMILY_SETTINGS["vae"]), likewise for the help text.
+_VAE = dict(train_sigma=0.01, overlap_scale=1.5)
 
 
 def register_train(train_kinds) -> None:
@@ -34,7 +37,8 @@ def register_train(train_kinds) -> None:
     p.add_argument("--blocks", type=int, default=None,
                    help=f"residual blocks per network (default: point data {_TOY['blocks']}, images 2)")
     p.add_argument("--train-sigma", type=float, default=None,
-                   help=f"noise scale of the training loss (default: point data {_TOY['train_sigma']}, images 0.05)")
+                   help=f"noise scale of the training loss (default: point data {_TOY['train_sigma']} (vae family "
+                        f"{_VAE['train_sigma']}), images 0.05)")
     p.add_argument("--latent-blocks", type=int, default=0,
                    help="vae family, point data: coupling blocks of a latent flow in front of the radial prior, so each "
                         "chart learns its latent density (Alberti et al.'s code uses 3 when d > 1; 0: none, the default)")
@@ -53,7 +57,11 @@ def register_train(train_kinds) -> None:
     p.add_argument("--overlap-scale", type=float, default=None,
                    help=f"overlap phase: responsibilities use the latent prior at this multiple of |z|, so points near a "
                         f"chart's border go to a neighbour (>= 1; 1: no hand-off, the phase is a plain mixture phase; "
-                        f"default: point data {_TOY['overlap_scale']} (vae family 1.5), images 1.5)")
+                        f"default: point data {_TOY['overlap_scale']} (vae family {_VAE['overlap_scale']}), images 1.5)")
+    p.add_argument("--overlap-in-loss", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"overlap phase: the scaled prior in the charts' loss too, as Alberti et al.'s code (draws each chart's "
+                        f"data inward so that its latent support reaches past them); default: point data "
+                        f"{_TOY['overlap_in_loss']} (vae family {_VAE.get('overlap_in_loss', _TOY['overlap_in_loss'])}), images False")
     p.add_argument("--revive-every", type=int, default=0,
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
                         "data (0: never, the default), each first trained alone on its cluster for 50 steps")
@@ -108,10 +116,10 @@ def _train_in_world(args) -> int:
     image = _is_image_spec(args.data) or args.patch_size is not None
     # point data: TOY_DEFAULTS with a toy manifold's own settings over them (patchreg.charts.training.TOY_SETTINGS)
     defaults = (dict(steps=1600, batch_size=128, lr=1e-3, lr_schedule="constant", train_sigma=0.05, width=64, blocks=2,
-                     seed_fraction=1.0, overlap_scale=1.5)
+                     seed_fraction=1.0, overlap_scale=1.5, overlap_in_loss=False)
                 if image else toy_defaults(args.data[4:] if args.data.startswith("toy:") else None, args.family))
     for name in ("steps", "batch_size", "lr", "lr_schedule", "train_sigma", "width", "blocks", "seed_fraction",
-                 "overlap_scale"):
+                 "overlap_scale", "overlap_in_loss"):
         if getattr(args, name) is None:
             setattr(args, name, defaults[name])
     if args.charts is not None and args.charts < 1:
@@ -162,7 +170,7 @@ def _train_in_world(args) -> int:
     config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                               train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
                               seed_fraction=args.seed_fraction, revive_every=args.revive_every,
-                              overlap_scale=args.overlap_scale)
+                              overlap_scale=args.overlap_scale, overlap_in_loss=args.overlap_in_loss)
     try:
         history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
     except TrainingDiverged as exc:
@@ -203,7 +211,7 @@ def _train_patches(args) -> int:
     config = TrainConfig(pretrain_steps=q, mixture_steps=args.steps - 2 * q, overlap_steps=q, batch_size=args.batch_size,
                          lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
                          seed_fraction=args.seed_fraction, overlap_scale=args.overlap_scale,
-                         checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
+                         overlap_in_loss=args.overlap_in_loss, checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
                          responsibility_floor=args.responsibility_floor, revive_every=args.revive_every).check()
     out = Path(args.out)
     if out.suffix != ".safetensors":
