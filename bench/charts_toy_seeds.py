@@ -235,22 +235,26 @@ def own_settings(cells: list[dict], manifolds: list[str]) -> str:
     family_defaults = {f: toy_defaults(None, f) for f in {c["family"] for c in cells}}
     parts = []
     for name in manifolds:
-        own = {k: c["config"][k] for c in cells if c["manifold"] == name for k in SETTING_KEYS
-               if c["config"].get(k) != family_defaults[c["family"]][k]}
-        if own:
-            parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in own.items()))
-    return (" or the toy's own (TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""
+        own = {f: {k: c["config"][k] for c in cells if (c["manifold"], c["family"]) == (name, f) for k in SETTING_KEYS
+                   if c["config"].get(k) != family_defaults[f][k]} for f in sorted({c["family"] for c in cells})}
+        shared = {k: v for k, v in next(iter(own.values())).items() if all(o.get(k) == v for o in own.values())}
+        if shared:
+            parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in shared.items()))
+        for f, settings in own.items():  # one family's own on this toy (FAMILY_TOY_SETTINGS)
+            if settings.keys() - shared.keys():
+                parts.append(f"{name} ({f} only): " + ", ".join(f"{k} {v}" for k, v in settings.items() if k not in shared))
+    return (" or the toy's own (TOY_SETTINGS, FAMILY_TOY_SETTINGS; " + "; ".join(parts) + "; its K in the K column)") if parts else ""
 
 
 def family_settings(cells: list[dict]) -> str:
-    """The settings every cell of a family shares and TOY_DEFAULTS does not (FAMILY_SETTINGS), as text."""
-    from patchreg.charts.training import TOY_DEFAULTS
+    """A family's own settings (FAMILY_SETTINGS) that its cells trained with, as text."""
+    from patchreg.charts.training import FAMILY_SETTINGS, toy_defaults
 
     parts = []
     for family in sorted({c["family"] for c in cells}):
-        first, *rest = [c["config"] for c in cells if c["family"] == family]
-        own = {k: first.get(k) for k in SETTING_KEYS if first.get(k) != TOY_DEFAULTS[k]
-               and all(r.get(k) == first.get(k) for r in rest)}
+        # as in the code, where every cell of the family has it (a toy's own settings may override it, as there)
+        own = {k: v for k, v in FAMILY_SETTINGS.get(family, {}).items() if k in SETTING_KEYS
+               and all(c["config"].get(k) == toy_defaults(c["manifold"], family)[k] for c in cells if c["family"] == family)}
         if own:
             parts.append(f"the {family} family " + ", ".join(f"{k} {v}" for k, v in own.items()))
     return (" Settings of a family's own (FAMILY_SETTINGS), in every cell of that family: " + "; ".join(parts) + ".") if parts else ""

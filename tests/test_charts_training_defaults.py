@@ -334,14 +334,21 @@ def test_cli_overlap_scale(tmp_path, capsys):
 
 
 def test_family_settings_sit_between_the_defaults_and_the_toys():
-    from patchreg.charts.training import FAMILY_SETTINGS, TOY_SETTINGS, toy_defaults
+    from patchreg.charts.training import FAMILY_SETTINGS, FAMILY_TOY_SETTINGS, TOY_SETTINGS, toy_defaults
     from patchreg.cli.charts import _VAE
 
     assert _VAE == FAMILY_SETTINGS["vae"]  # the CLI's help text quotes them
 
     assert toy_defaults(None, "fif") == TOY_DEFAULTS
-    vae = toy_defaults("sphere", "vae")
+    vae = toy_defaults("two_circles", "vae")
     for key, value in FAMILY_SETTINGS["vae"].items():
-        assert vae[key] == value and getattr(toy_train_config(manifold="sphere", family="vae"), key) == value
-    assert toy_train_config(manifold="sphere", family="fif").overlap_scale == TOY_DEFAULTS["overlap_scale"] != vae["overlap_scale"]
+        assert vae[key] == value and getattr(toy_train_config(manifold="two_circles", family="vae"), key) == value
+    assert toy_train_config(manifold="two_circles", family="fif").overlap_scale == TOY_DEFAULTS["overlap_scale"] != vae["overlap_scale"]
+    # one family on one toy comes last, and only there
+    for (family, name), settings in FAMILY_TOY_SETTINGS.items():
+        assert set(settings) <= set(TOY_DEFAULTS) | {"charts"}
+        for key, value in settings.items():
+            assert toy_defaults(name, family)[key] == value == getattr(toy_train_config(manifold=name, family=family), key)
+    assert toy_defaults("sphere", "vae")["train_sigma"] == 0.02 != toy_defaults("sphere", "fif")["train_sigma"]
+    assert toy_defaults("sphere", "fif") == toy_defaults("sphere")
     assert toy_defaults("torus", "vae")["charts"] == TOY_SETTINGS["torus"]["charts"]  # the toy's own settings still apply

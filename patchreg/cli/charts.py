@@ -38,7 +38,8 @@ def register_train(train_kinds) -> None:
                    help=f"residual blocks per network (default: point data {_TOY['blocks']}, images 2)")
     p.add_argument("--train-sigma", type=float, default=None,
                    help=f"noise scale of the training loss (default: point data {_TOY['train_sigma']} (vae family "
-                        f"{_VAE['train_sigma']}), images 0.05)")
+                        f"{_VAE['train_sigma']}; a toy may have its own, patchreg.charts.training.FAMILY_TOY_SETTINGS), "
+                        "images 0.05)")
     p.add_argument("--latent-blocks", type=int, default=0,
                    help="vae family, point data: coupling blocks of a latent flow in front of the radial prior, so each "
                         "chart learns its latent density (Alberti et al.'s code uses 3 when d > 1; 0: none, the default)")
