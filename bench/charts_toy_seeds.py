@@ -233,11 +233,15 @@ def own_settings(cells: list[dict], manifolds: list[str]) -> str:
 
     # against the family's defaults, not the first cell's settings: that toy may have settings of its own
     family_defaults = {f: toy_defaults(None, f) for f in {c["family"] for c in cells}}
+    def own_of(name, family):  # the settings this family's cells of this toy trained with beyond the family's
+        return {k: c["config"][k] for c in cells if (c["manifold"], c["family"]) == (name, family) for k in SETTING_KEYS
+                if c["config"].get(k) != family_defaults[family][k]}
+
     parts = []
     for name in manifolds:
-        own = {f: {k: c["config"][k] for c in cells if (c["manifold"], c["family"]) == (name, f) for k in SETTING_KEYS
-                   if c["config"].get(k) != family_defaults[f][k]} for f in sorted({c["family"] for c in cells})}
-        shared = {k: v for k, v in next(iter(own.values())).items() if all(o.get(k) == v for o in own.values())}
+        own = {f: own_of(name, f) for f in sorted(family_defaults)}
+        first, *others = own.values()
+        shared = {k: v for k, v in first.items() if all(o.get(k) == v for o in others)}
         if shared:
             parts.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in shared.items()))
         for f, settings in own.items():  # one family's own on this toy (FAMILY_TOY_SETTINGS)
@@ -252,9 +256,10 @@ def family_settings(cells: list[dict]) -> str:
 
     parts = []
     for family in sorted({c["family"] for c in cells}):
+        expected = {m: toy_defaults(m, family) for m in {c["manifold"] for c in cells}}  # once per toy, not per cell
         # as in the code, where every cell of the family has it (a toy's own settings may override it, as there)
         own = {k: v for k, v in FAMILY_SETTINGS.get(family, {}).items() if k in SETTING_KEYS
-               and all(c["config"].get(k) == toy_defaults(c["manifold"], family)[k] for c in cells if c["family"] == family)}
+               and all(c["config"].get(k) == expected[c["manifold"]][k] for c in cells if c["family"] == family)}
         if own:
             parts.append(f"the {family} family " + ", ".join(f"{k} {v}" for k, v in own.items()))
     return (" Settings of a family's own (FAMILY_SETTINGS), in every cell of that family: " + "; ".join(parts) + ".") if parts else ""
