@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.charts_toy_seeds import keep_reading  # noqa: E402
+
 
 def build(args):
     import torch
@@ -57,10 +60,10 @@ def make_callback(data, config, out: Path, meta: dict, eval_n: int, eps: float):
     import torch
 
     from patchreg.charts.metrics import evaluate_mixture
-    from patchreg.charts.training import BatchStream, finalize
+    from patchreg.charts.training import finalize, finalize_points
 
-    final_points = BatchStream(data.train.float(), config.batch_size,
-                               torch.Generator().manual_seed(config.seed + 1)).draw(min(config.seed_points, 4096))
+    # the points train_mixture finalizes on (its training data, no resample), so the curve's last row is the trained model
+    final_points = finalize_points(data.train.float(), config, torch.float32)
 
     def callback(step, model, record):
         if step % meta["eval_every"] and step != config.total_steps:
@@ -80,7 +83,7 @@ def make_callback(data, config, out: Path, meta: dict, eval_n: int, eps: float):
     return callback
 
 
-def report(paths: list[str], out: str, title: str, note: str, argv) -> None:
+def report(paths: list[str], out: str, title: str, note: str, argv, figure: str | None = None) -> None:
     """A markdown table of the curves in the JSONL files `paths` (one section per file)."""
     lines = [f"# {title}", "", f"Command: `.venv/bin/python bench/charts_convergence.py {' '.join(argv)}`", "", note, ""]
     for path in paths:
@@ -99,8 +102,45 @@ def report(paths: list[str], out: str, title: str, note: str, argv) -> None:
                          f"{r['dist_p95_rel']:.5f} | {r['coverage']:.4f} ({r.get('coverage_floor', float('nan')):.4f}) | "
                          f"{r['sliced_w2']:.4f} ({r['sliced_w2_floor']:.4f}) | {r['heldout_nll']:.3f} | {r['seconds']:.0f} |")
         lines.append("")
-    Path(out).write_text("\n".join(lines) + "\n")
+    if figure:
+        plot_curves(paths, figure)
+        lines += [f"![curves]({Path(figure).name})", ""]
+    reading = keep_reading(Path(out))  # the hand-written reading survives a regeneration
+    Path(out).write_text("\n".join(lines) + "\n" + reading.lstrip("\n") if reading else "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def plot_curves(paths: list[str], figure: str) -> None:
+    """One PNG: loss, distance / diameter (log), sliced W2 / its floor and held-out NLL against steps, a line per curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("loss", "training loss", False), ("dist_mean_rel", "mean distance / diameter", True),
+              ("w2_ratio", "sliced W2 / floor", False), ("heldout_nll", "held-out NLL", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
+    colours = {}  # one colour per toy, the line style tells the family
+    for path in paths:
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
+        if not rows:
+            continue
+        label = f"{rows[0]['manifold']} {rows[0]['family']}" + (f" {rows[0]['tag']}" if rows[0]["tag"] not in ("", "defaults") else "")
+        style = "-" if rows[0]["family"] == "fif" else "--"
+        steps = [r["step"] for r in rows]
+        for ax, (key, title, log) in zip(axes, panels):
+            values = [r["sliced_w2"] / r["sliced_w2_floor"] if key == "w2_ratio" else r[key] for r in rows]
+            colour = colours.setdefault(rows[0]["manifold"], f"C{len(colours) % 10}")
+            ax.plot(steps, values, style, color=colour, marker="o", markersize=3, label=label)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            if log:
+                ax.set_yscale("log")
+    axes[2].axhline(1.5, color="gray", lw=0.8, ls=":")
+    axes[-1].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(figure, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -112,8 +152,9 @@ def main(argv=None) -> int:
         r.add_argument("--out", required=True)
         r.add_argument("--title", default="Chart mixtures: training curves")
         r.add_argument("--note", default="")
+        r.add_argument("--figure", default=None, help="also a PNG of the curves (linked from the markdown)")
         a = r.parse_args(argv)
-        report(a.curves, a.out, a.title, a.note, argv)
+        report(a.curves, a.out, a.title, a.note, argv, a.figure)
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--manifold", default="torus")
@@ -145,10 +186,10 @@ def main(argv=None) -> int:
     import torch
 
     from patchreg.charts import train_mixture
-    from patchreg.charts.training import TOY_DEFAULTS
+    from patchreg.charts.training import toy_defaults
 
     torch.set_num_threads(1)
-    args.steps = args.steps or TOY_DEFAULTS["steps"]
+    args.steps = args.steps or toy_defaults(args.manifold, args.family)["steps"]  # the family's and the toy's own too
     data, model, config, extra = build(args)
     config.checkpoint_every = args.eval_every if args.checkpoint else 0
     config.log_every = min(50, args.eval_every)

@@ -152,7 +152,8 @@ def write_ablation(cells: list[dict], args, argv) -> None:
     variant over its seeds next to the defaults' mean over the same seeds."""
     refresh_floors(cells, args.n_eval)
     base = next((c for c in cells if c.get("variant", "defaults") == "defaults"), cells[0])
-    cfg = base["config"]
+    cfg = common_config([c for c in cells if c.get("variant", "defaults") == base.get("variant", "defaults")])
+    manifolds = list(dict.fromkeys(c["manifold"] for c in cells))
     lines = ["# Chart mixture ablations (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}` "
              "(with `--write-only`: the table from the cells there; without it and with `--seeds` and one variant's options, "
@@ -162,9 +163,9 @@ def write_ablation(cells: list[dict], args, argv) -> None:
              f"steps (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, width {base.get('width', 64)}, seed fraction {cfg['seed_fraction']}, {base['n_train']} "
-             f"noise-free training points, K as in the K column. Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
+             f"noise-free training points, K as in the K column{own_settings(cells, manifolds)}.{family_settings(cells)} Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
              "(distance relative to the diameter, coverage at eps = 0.1 and its floor, sliced W2 and its floor, held-out "
-             f"NLL). {w2_note(cells)} Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
+             f"NLL); {w2_note(cells)}. Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
              "diameter), coverage >= its floor - 0.001, sliced W2 <= 1.5x its floor. chart usage: the fewest and most of the generated samples any one chart drew. "
              "1 thread on the shared 2-core machine.", "",
              "| manifold | family | variant | seed | K | dist mean / diam | dist p95 / diam | coverage (floor) | "
@@ -265,15 +266,20 @@ def family_settings(cells: list[dict]) -> str:
     return (" Settings of a family's own (FAMILY_SETTINGS), in every cell of that family: " + "; ".join(parts) + ".") if parts else ""
 
 
+def common_config(cells: list[dict]) -> dict:
+    """The common settings: the config of a cell of a toy and family without settings of their own (those are named
+    by own_settings and family_settings), else the first cell's."""
+    from patchreg.charts.training import TOY_DEFAULTS
+
+    return next((c["config"] for c in cells if all(c["config"].get(k) == TOY_DEFAULTS[k] for k in SETTING_KEYS)),
+                cells[0]["config"])
+
+
 def write_converged(cells: list[dict], args, argv) -> None:
     refresh_floors(cells, args.n_eval)
     seeds = sorted({c["seed"] for c in cells})
     manifolds = [m for m in args.manifolds.split(",") if any(c["manifold"] == m for c in cells)]
-    from patchreg.charts.training import TOY_DEFAULTS
-
-    # the common settings: a cell of a toy without settings of its own (the others are listed by own_settings)
-    cfg = next((c["config"] for c in cells if all(c["config"].get(k) == TOY_DEFAULTS[k] for k in SETTING_KEYS)),
-               cells[0]["config"])
+    cfg = common_config(cells)
     lines = ["# Chart mixtures on toy manifolds at convergence (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}`", "",
              f"Seeds {seeds}; every cell is `patchreg train charts`'s defaults: {cells[0]['steps']} steps "
