@@ -106,7 +106,7 @@ def report(paths: list[str], out: str, title: str, note: str, argv, figure: str 
         plot_curves(paths, figure)
         lines += [f"![curves]({Path(figure).name})", ""]
     reading = keep_reading(Path(out))  # the hand-written reading survives a regeneration
-    Path(out).write_text("\n".join(lines) + "\n" + reading.lstrip("\n") if reading else "\n".join(lines) + "\n")
+    Path(out).write_text("\n".join(lines) + "\n" + reading.lstrip("\n"))
     print("\n".join(lines))
 
 
@@ -127,10 +127,10 @@ def plot_curves(paths: list[str], figure: str) -> None:
             continue
         label = f"{rows[0]['manifold']} {rows[0]['family']}" + (f" {rows[0]['tag']}" if rows[0]["tag"] not in ("", "defaults") else "")
         style = "-" if rows[0]["family"] == "fif" else "--"
+        colour = colours.setdefault(rows[0]["manifold"], f"C{len(colours) % 10}")
         steps = [r["step"] for r in rows]
         for ax, (key, title, log) in zip(axes, panels):
             values = [r["sliced_w2"] / r["sliced_w2_floor"] if key == "w2_ratio" else r[key] for r in rows]
-            colour = colours.setdefault(rows[0]["manifold"], f"C{len(colours) % 10}")
             ax.plot(steps, values, style, color=colour, marker="o", markersize=3, label=label)
             ax.set_title(title)
             ax.set_xlabel("step")
