@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     train = data.train.float()
     stream = BatchStream(train, 128, generator)
     centers = seed_charts(model, stream.draw(len(train)), generator, model.config["align"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
     print(f"patchreg from {os.path.dirname(patchreg.__file__)}; model {args.model}, width {width}, torch {torch.__version__}")
 
     def step(phase):

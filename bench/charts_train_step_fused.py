@@ -51,7 +51,7 @@ def one_step(model, optimizer, x, config, generator) -> float:
 def time_case(K, n, d, width, blocks, batch, steps, seed) -> dict:
     torch.manual_seed(seed)
     model = build_mixture("fif", K, n, d, width=width, n_blocks=blocks)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, foreach=True)
     config = TrainConfig(batch_size=batch).check()
     data = torch.randn(batch * (steps + 1), n)
     generator = torch.Generator().manual_seed(seed)

@@ -428,7 +428,7 @@ def _pretrain_alone(chart, prior, points: torch.Tensor, sigma: float, steps: int
     """`steps` Adam steps of the chart's own training loss on `points` (a private optimiser)."""
     if steps == 0:
         return
-    optimizer = torch.optim.Adam(chart.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(chart.parameters(), lr=lr, foreach=True)
     with torch.enable_grad():
         for _ in range(steps):
             loss = chart.training_loss(points, prior, sigma, 1.0, generator).mean()
@@ -508,7 +508,9 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
                          f"({world.world_size}): each rank draws batch_size / processes points")
     generator = torch.Generator().manual_seed(distributed.rank_seed(config.seed, world.rank))
     stream = BatchStream(data, config.batch_size // world.world_size, generator)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # foreach: one multi-tensor update instead of a Python loop over the K charts' 24 tensors each: bit for bit the
+    # loop's result (fused=True is not), 2.6x less optimizer time at K 12, 4-7% of a toy step (2026-12-06, 1 thread)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
     step, history, centers = 0, [], None
     if distributed.broadcast_object(bool(resume and checkpoint_path is not None and Path(checkpoint_path).is_file())):
         state = load_mixture_state(checkpoint_path, model, optimizer, generator)

@@ -1,0 +1,57 @@
+"""bench/charts_schedule_length.py (issue 15): the factor per doubling of the steps, the goal count per schedule
+length, the last copy of a cell winning, and the hand-written reading surviving a regeneration."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+pytest.importorskip("matplotlib")
+csl = pytest.importorskip("bench.charts_schedule_length")
+from bench.charts_toy_seeds import goal_checks  # noqa: E402
+
+
+def _cell(manifold="torus", seed=0, steps=3000, dist=0.001, coverage=1.0, w2=0.02, **extra):
+    return dict(manifold=manifold, family="fif", seed=seed, steps=steps, dist_mean_rel=dist, dist_p95_rel=2 * dist,
+                coverage=coverage, coverage_floor=1.0, sliced_w2=w2, sliced_w2_floor=0.02, heldout_nll=-1.0,
+                train_seconds=10.0, **extra)
+
+
+def _write(path: Path, cells: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(c) + "\n" for c in cells))
+    return path
+
+
+def test_goal_checks_uses_the_authors_distance_where_measured():
+    assert goal_checks(_cell(dist=0.0013)) == {"dist": True, "cov": True, "W2": True}
+    assert goal_checks(_cell(dist=0.0015))["dist"] is False  # the torus's 0.0112 / 8
+    assert goal_checks(_cell(manifold="klein_bottle", dist=0.5))["dist"] is True  # no authors' number
+    assert goal_checks(_cell(coverage=0.9985))["cov"] is False
+    assert goal_checks(_cell(w2=0.031))["W2"] is False
+
+
+def test_doubling_factor_is_per_doubling_and_paired_by_seed():
+    short = {s: _cell(seed=s, dist=d) for s, d in ((0, 0.004), (1, 0.002), (2, 0.003))}
+    long = {s: _cell(seed=s, steps=12000, dist=d) for s, d in ((0, 0.001), (1, 0.0005))}  # two doublings, x1/4
+    factor, n = csl.doubling_factor(long, short)
+    assert n == 2 and factor == pytest.approx(0.5)
+    assert csl.doubling_factor(long, {}) == (pytest.approx(float("nan"), nan_ok=True), 0)
+
+
+def test_report_counts_goals_and_keeps_the_reading(tmp_path):
+    first = _write(tmp_path / "a.jsonl", [_cell(seed=0), _cell(seed=1), _cell(seed=0, steps=6000, dist=0.0008)])
+    # a later file's copy of a cell replaces the earlier one: seed 1 at 3000 steps misses the distance goal there
+    second = _write(tmp_path / "b.jsonl", [_cell(seed=1, dist=0.002), _cell(seed=1, steps=6000, dist=0.0012)])
+    out = tmp_path / "report.md"
+    csl.main([str(first), str(second), "--out", str(out)])
+    rows = [r for r in out.read_text().splitlines() if r.startswith("| torus | fif |")]
+    assert len(rows) == 2
+    assert "| 3000 | 0,1 |" in rows[0] and rows[0].endswith("| 1 of 2 | 10 |")
+    assert "x0.69 (2 seeds)" in rows[1] and rows[1].endswith("| 2 of 2 | 10 |")  # sqrt(0.8 * 0.6)
+    assert out.with_suffix(".png").is_file() and len(json.loads(out.with_suffix(".json").read_text())) == 4
+    out.write_text(out.read_text() + "\n## Reading\n\nby hand\n")
+    csl.main([str(first), str(second), "--out", str(out)])
+    assert out.read_text().endswith("## Reading\n\nby hand\n")
