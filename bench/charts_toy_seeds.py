@@ -82,8 +82,10 @@ def variant_of(args) -> str:
     return ",".join(changed) or "defaults"
 
 
-def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int, eps: float, steps: int | None,
-               overrides: dict | None = None) -> dict:
+def train_model(manifold: str, family: str, seed: int, n_train: int, n_eval: int, steps: int | None,
+                overrides: dict | None = None):
+    """One cell's model trained as `patchreg train charts` would (the toy's and family's defaults, `overrides` on top):
+    (model, dataset, k, width, config, train seconds, history)."""
     import time
 
     import torch
@@ -91,7 +93,6 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     torch.set_num_threads(1)
     from patchreg.charts import build_mixture, train_mixture
     from patchreg.charts.datasets import load_dataset
-    from patchreg.charts.metrics import evaluate_mixture
     from patchreg.charts.training import toy_defaults, toy_train_config
 
     TOY_DEFAULTS = toy_defaults(manifold, family)  # with the family's and the toy's own settings, as the CLI
@@ -108,7 +109,14 @@ def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int,
     config = toy_train_config(steps, manifold=manifold, family=family, seed=seed, **overrides)  # train_sigma, batch_size, lr, seed_fraction
     started = time.time()
     history = train_mixture(model, data.train.float(), config, progress=False)
-    seconds = time.time() - started
+    return model, data, k, width, config, time.time() - started, history
+
+
+def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int, eps: float, steps: int | None,
+               overrides: dict | None = None) -> dict:
+    from patchreg.charts.metrics import evaluate_mixture
+
+    model, data, k, width, config, seconds, history = train_model(manifold, family, seed, n_train, n_eval, steps, overrides)
     metrics = evaluate_mixture(model.double(), data, n=n_eval, eps=eps, seed=seed)
     return dict(manifold=manifold, family=family, K=k, width=width, seed=seed, steps=config.total_steps,
                 n_train=n_train, **metrics, train_seconds=seconds, final_loss=history[-1]["loss"],
