@@ -175,7 +175,8 @@ class TrainConfig:
 # steps 3000: 6000 (bench/results/charts_steps6000_ablation.md, FIF, every toy, seeds 0-2) lowers the distance in 17
 # of 18 (toy, seed) pairs but meets issue 15's goal in 14 of 18 (3000: 18 of 18; sliced W2 and coverage get worse),
 # and the held-out metrics still improve up to the end of any schedule tried (charts_convergence_defaults.md); 12000
-# (charts_steps12000_ablation.md, 12 FIF cells) meets it in 11 of 12, the Klein bottle's coverage falling with each doubling.
+# (charts_steps12000_ablation.md, 14 FIF cells) meets it in 12 of 14, the Klein bottle's coverage falling with each doubling in
+# 2 of 3 seeds while its density on the surface does not improve (charts_klein_intrinsic_density.md, charts_schedule_length.md).
 TOY_DEFAULTS = dict(steps=3000, pretrain_fraction=0.1, overlap_fraction=0.2, batch_size=128, lr=1e-3,
                     lr_schedule="cosine", lr_final=0.01, train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
                     overlap_scale=1.0, overlap_in_loss=False)
