@@ -97,6 +97,9 @@ def plot(cells: list[dict], path: Path) -> None:
             if manifold in AUTHORS:
                 ax.axhline(AUTHORS[manifold][0], color=colour, ls=":", lw=1)
         ax.set_xscale("log", base=2)
+        lengths = sorted({c["steps"] for c in cells if c["family"] == family})
+        ax.set_xticks(lengths, [str(s) for s in lengths])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("training steps (one cosine schedule each)")
         ax.set_ylabel("mean distance / diameter")
