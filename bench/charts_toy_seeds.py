@@ -339,8 +339,8 @@ def write_converged(cells: list[dict], args, argv) -> None:
         goal = AUTHORS.get(name)
         dist = (f"{sum(c['dist_mean_rel'] <= goal[0] for c in fif.values())} of {len(fif)}" if goal
                 else "no authors' number")
-        cov = f"{sum(c['coverage'] >= c['coverage_floor'] - 1e-3 for c in fif.values())} of {len(fif)}"
-        w2 = f"{sum(c['sliced_w2'] <= 1.5 * c['sliced_w2_floor'] for c in fif.values())} of {len(fif)}"
+        cov = f"{sum(goal_checks(c)['cov'] for c in fif.values())} of {len(fif)}"
+        w2 = f"{sum(goal_checks(c)['W2'] for c in fif.values())} of {len(fif)}"
         both = sorted(set(fif) & set(vae))
         wins = []
         for key, better in (("dist_mean_rel", -1), ("dist_p95_rel", -1), ("coverage", 1), ("sliced_w2", -1),
