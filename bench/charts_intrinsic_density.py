@@ -33,16 +33,9 @@ SURFACES = ("klein_bottle", "swiss_roll")
 
 
 def surface_params(manifold, points: np.ndarray) -> np.ndarray:
-    """(N, 2) parameters (u, v) of the closest surface points (grid search + the toy's Levenberg-Marquardt), in the
+    """(N, 2) parameters (u, v) of the closest surface points (the toy's closest_params), in the
     fundamental domain: for the Klein bottle u, v in [0, 2 pi) with P(u + 2 pi, v) = P(u, -v)."""
-    points = np.asarray(points, dtype=np.float64)
-    grid_uv, grid_pts = manifold._grid_points()
-    sq = (grid_pts**2).sum(1)
-    start = np.empty((len(points), 2))
-    for i in range(0, len(points), 512):
-        chunk = points[i : i + 512]
-        start[i : i + 512] = grid_uv[np.argmin((chunk**2).sum(1)[:, None] - 2 * chunk @ grid_pts.T + sq[None], 1)]
-    uv = manifold._refine(points, start)
+    uv = manifold.closest_params(np.asarray(points, dtype=np.float64))
     if manifold.name == "klein_bottle":
         turns = np.floor(uv[:, 0] / (2 * math.pi))
         u = uv[:, 0] - 2 * math.pi * turns

@@ -209,7 +209,8 @@ class _ParametricSurface(ToyManifold):
         uv = np.stack([uu.ravel(), vv.ravel()], 1)
         return uv, self.param(uv[:, 0], uv[:, 1])
 
-    def _distance(self, x):
+    def closest_params(self, x) -> np.ndarray:
+        """(N, 2) parameters (u, v) of the surface point closest to each row of x: grid search, then _refine."""
         grid_uv, grid_pts = self._grid_points()
         sq_grid = (grid_pts**2).sum(1)
         start = np.empty((len(x), 2))
@@ -217,7 +218,10 @@ class _ParametricSurface(ToyManifold):
             xc = x[i : i + self.chunk]
             d2 = (xc**2).sum(1)[:, None] - 2 * xc @ grid_pts.T + sq_grid[None, :]
             start[i : i + self.chunk] = grid_uv[np.argmin(d2, 1)]
-        uv = self._refine(x, start)
+        return self._refine(x, start)
+
+    def _distance(self, x):
+        uv = self.closest_params(x)
         return np.linalg.norm(x - self.param(uv[:, 0], uv[:, 1]), axis=1)
 
     def _refine(self, x, uv):
