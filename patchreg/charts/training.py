@@ -56,6 +56,13 @@ from .seeding import kmeans, nearest_center, seed_charts, seed_members
 
 PHASES = ("pretrain", "mixture", "overlap")
 LR_SCHEDULES = ("constant", "cosine")
+RESPONSIBILITY_SIGMAS = ("shared", "per_chart")
+# per_chart responsibilities: a chart's running sigma is updated only from batches where it holds at least this
+# many points' worth of responsibility, and never falls below this fraction of train_sigma (a chart that holds a
+# few near-duplicate points would otherwise shrink its sigma towards 0 and take them for ever, as a GMM component
+# collapsing on one point)
+SIGMA_UPDATE_MIN_MASS = 1.0
+SIGMA_FLOOR_FRACTION = 0.05
 
 
 class TrainingDiverged(FloatingPointError):
@@ -103,6 +110,13 @@ class TrainConfig:
     # does): a fresh near-affine chart explains even its own cluster worse than the trained charts, so without
     # this head start it gets no responsibility and dies again
     revive_pretrain_steps: int = 50
+    # the off-manifold sigma in the responsibilities of the mixture and overlap phases: "shared" (train_sigma for
+    # every chart, as the loss) or "per_chart" (each chart's own running maximum-likelihood sigma, the value
+    # finalize() gives the trained model: sigma_k^2 = sum_i w_ik |x_i - D_k(E_k(x_i))|^2 / ((n - d) sum_i w_ik),
+    # an average over the batches with alpha_momentum; needs a model with sigma_per_chart). The loss keeps
+    # train_sigma. A remedy tried for the patch models' dead charts: with one sigma for all, a chart that reconstructs
+    # every patch about as well as the others takes them all (bench/RESULTS.md, issue 10).
+    responsibility_sigma: str = "shared"
 
     @property
     def total_steps(self) -> int:
@@ -150,6 +164,8 @@ class TrainConfig:
             raise ValueError(f"revive_points must be >= 2, got {self.revive_points}")
         if self.revive_pretrain_steps < 0:
             raise ValueError(f"revive_pretrain_steps must be >= 0, got {self.revive_pretrain_steps}")
+        if self.responsibility_sigma not in RESPONSIBILITY_SIGMAS:
+            raise ValueError(f"responsibility_sigma must be one of {RESPONSIBILITY_SIGMAS}, got {self.responsibility_sigma!r}")
         return self
 
     @classmethod
@@ -277,6 +293,7 @@ def check_training_data(data: torch.Tensor, ambient_dim: int) -> torch.Tensor:
 def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
     """(loss, responsibilities (B, K)) of one mini-batch in `phase`."""
     sigma = config.train_sigma
+    score_sigma = model.sigma.detach() if config.responsibility_sigma == "per_chart" else sigma
     scale = config.overlap_scale if phase == "overlap" else 1.0
     loss_scale = scale if config.overlap_in_loss else 1.0
     if phase == "pretrain":
@@ -291,9 +308,10 @@ def mixture_loss(model, x, config: TrainConfig, phase: str, centers, generator):
                                               for c in model.charts], dim=-1)
     with torch.set_grad_enabled(not config.detach_responsibilities and torch.is_grad_enabled()):
         # Detached and unscaled: the fused per-chart kernel computes every chart at once.
-        fused = model._fused_chart_log_probs(x, sigma, scale) if config.detach_responsibilities else None
+        fused = model._fused_chart_log_probs(x, score_sigma, scale) if config.detach_responsibilities else None
         scores = fused if fused is not None else torch.stack(
-            [c.assignment_score(x, model.prior, sigma, scale) for c in model.charts], -1
+            [c.assignment_score(x, model.prior, model._chart_sigma(score_sigma, k), scale)
+             for k, c in enumerate(model.charts)], -1
         )
     w = torch.softmax(model.log_alpha + scores, dim=-1)
     if config.detach_responsibilities:
@@ -407,6 +425,8 @@ def training_step(loss_of, model, optimizer, x, config: TrainConfig, phase: str,
     value = distributed.all_reduce_sum(loss.detach().clone()) / world.world_size if world.distributed else loss
     if not torch.isfinite(value):  # the global loss: every rank stops together
         raise TrainingDiverged(_nonfinite_message(step, phase, "loss"))
+    if phase != "pretrain" and config.responsibility_sigma == "per_chart":
+        residual_stats = _responsibility_residuals(model, x, w, config.responsibility_floor)  # the scores' parameters
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -421,7 +441,37 @@ def training_step(loss_of, model, optimizer, x, config: TrainConfig, phase: str,
             m = config.alpha_momentum
             alpha = m * model.log_alpha.exp() + (1 - m) * mean_w
             model.log_alpha.copy_(torch.log(alpha.clamp_min(1e-6) / alpha.sum()))
+            if config.responsibility_sigma == "per_chart":
+                _update_chart_sigmas(model, residual_stats, config, world)
     return value, w
+
+
+@torch.no_grad()
+def _responsibility_residuals(model, x, w, floor: float) -> torch.Tensor:
+    """(2, K): sum_i w_ik |x_i - D_k(E_k(x_i))|^2 and sum_i w_ik over the batch, each chart on the points whose
+    responsibility exceeds `floor` (the rest weigh less than floor each)."""
+    stats = x.new_zeros(2, model.n_charts)
+    for k, chart in enumerate(model.charts):
+        rows = (w[:, k] > floor).nonzero()[:, 0]
+        if rows.numel():
+            xr = x[rows]
+            stats[0, k] = (w[rows, k] * ((xr - chart.decode(chart.encode(xr))) ** 2).sum(-1)).sum()
+            stats[1, k] = w[rows, k].sum()
+    return stats
+
+
+@torch.no_grad()
+def _update_chart_sigmas(model, stats: torch.Tensor, config: TrainConfig, world) -> None:
+    """Move each chart's running sigma^2 towards its batch's maximum-likelihood value (per_chart responsibilities)."""
+    if world.distributed:  # the global batch's sums: every rank updates identically
+        stats = distributed.all_reduce_sum(stats.clone())
+    codim = model.ambient_dim - model.latent_dim
+    seen = stats[1] >= SIGMA_UPDATE_MIN_MASS
+    batch_var = stats[0] / (codim * stats[1].clamp_min(1e-30))
+    m = config.alpha_momentum
+    var = torch.where(seen, m * model.sigma**2 + (1 - m) * batch_var, model.sigma**2)
+    floor = (SIGMA_FLOOR_FRACTION * config.train_sigma) ** 2
+    model.log_sigma.copy_(0.5 * torch.log(var.clamp_min(floor)))
 
 
 def _pretrain_alone(chart, prior, points: torch.Tensor, sigma: float, steps: int, lr: float,
@@ -499,6 +549,9 @@ def train_mixture(model, data, config: TrainConfig | None = None, checkpoint_pat
     atomically every `checkpoint_every` steps and at the end; `resume=True` continues from it.
     """
     config = (config or TrainConfig()).check()
+    if config.responsibility_sigma == "per_chart" and not model.sigma_per_chart:
+        raise ValueError("responsibility_sigma='per_chart' needs a model with one sigma per chart "
+                         "(build_mixture(..., sigma_per_chart=True))")
     world = distributed.current_world()
     progress = progress and world.is_main
     dtype = model.log_alpha.dtype

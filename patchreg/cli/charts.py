@@ -25,6 +25,9 @@ def register_train(train_kinds) -> None:
     p.add_argument("--responsibility-floor", type=float, default=1e-3,
                    help="image data: a chart's loss is evaluated only where its responsibility exceeds this "
                         "(0: every point; patches are nearly hard-assigned, so this saves most of the work)")
+    p.add_argument("--responsibility-sigma", choices=("shared", "per-chart"), default="shared",
+                   help="image data: the off-manifold sigma in the training responsibilities: the loss's --train-sigma "
+                        "for every chart (shared, the default) or each chart's running maximum-likelihood sigma")
     p.add_argument("--selector-points", type=int, default=50_000,
                    help="image data: patches used to fit the chart selector after training")
     p.add_argument("--family", choices=("vae", "fif"), default="fif")
@@ -148,6 +151,9 @@ def _train_in_world(args) -> int:
         raise ValueError("--latent-blocks is for the vae family on point data (--family vae, no --patch-size)")
     if not args.overlap_scale >= 1:
         raise ValueError(f"--overlap-scale must be >= 1 (1: no hand-off), got {args.overlap_scale}")
+    if args.responsibility_sigma != "shared" and not image:
+        raise ValueError("--responsibility-sigma per-chart is for image data (--patch-size): point-data models have "
+                         "one sigma for all charts")
     if image:
         if args.charts is None:
             args.charts = 2
@@ -213,7 +219,8 @@ def _train_patches(args) -> int:
                          lr=args.lr, lr_schedule=args.lr_schedule, train_sigma=args.train_sigma, seed=args.seed,
                          seed_fraction=args.seed_fraction, overlap_scale=args.overlap_scale,
                          overlap_in_loss=args.overlap_in_loss, checkpoint_every=args.checkpoint_every, seed_points=max(5000, 50 * args.charts),
-                         responsibility_floor=args.responsibility_floor, revive_every=args.revive_every).check()
+                         responsibility_floor=args.responsibility_floor, revive_every=args.revive_every,
+                         responsibility_sigma=args.responsibility_sigma.replace("-", "_")).check()
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {str(out)!r}")
