@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -127,7 +128,8 @@ def main(argv=None):
                              for c in coords.split(4096)])
             add(name + ", top 2 charts", top, top + dc_lp, time.perf_counter() - start)
     lines = ["# Held-out NLL of the patch priors (nats per 6x6 patch, lower is better)", "",
-             f"Command: `python bench/patch_nll_table.py --gmm {args.gmm} --flow {args.flow} --charts {' '.join(args.charts)} "
+             f"Command: `python bench/patch_nll_table.py --gmm {shlex.quote(args.gmm)} --flow {shlex.quote(args.flow)} "
+             f"--charts {' '.join(args.charts)} "
              f"--n {args.n} --seed {args.seed}{' --unscaled' if args.unscaled else ''}`", "",
              f"{args.n} random patches of the 40 validation images of train400 (seed {args.seed}). 'mean-free': the 35 "
              "coordinates without the patch mean; 'full patch': all 36 pixels (mean-free models plus a 1-D DC density "
