@@ -274,8 +274,15 @@ def family_settings(cells: list[dict]) -> str:
         # as in the code, where every cell of the family has it (a toy's own settings may override it, as there)
         own = {k: v for k, v in FAMILY_SETTINGS.get(family, {}).items() if k in SETTING_KEYS
                and all(c["config"].get(k) == expected[c["manifold"]][k] for c in cells if c["family"] == family)}
-        if own:
-            parts.append(f"the {family} family " + ", ".join(f"{k} {v}" for k, v in own.items()))
+        text = [f"{k} {v}" for k, v in own.items()]
+        steps = FAMILY_SETTINGS.get(family, {}).get("steps")
+        mine = [c for c in cells if c["family"] == family]
+        if steps is not None and all(c["steps"] == steps for c in mine):  # its own schedule length, with its phases
+            cfg = mine[0]["config"]
+            text.insert(0, f"steps {steps} (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, "
+                           f"overlap {cfg['overlap_steps']})")
+        if text:
+            parts.append(f"the {family} family " + ", ".join(text))
     return (" Settings of a family's own (FAMILY_SETTINGS), in every cell of that family: " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -295,7 +302,8 @@ def write_converged(cells: list[dict], args, argv) -> None:
     cfg = common_config(cells)
     lines = ["# Chart mixtures on toy manifolds at convergence (issue 15)", "",
              f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/charts_toy_seeds.py {shlex.join(argv)}`", "",
-             f"Seeds {seeds}; every cell is `patchreg train charts`'s defaults: {cells[0]['steps']} steps "
+             f"Seeds {seeds}; every cell is `patchreg train charts`'s defaults: "
+             f"{cfg['pretrain_steps'] + cfg['mixture_steps'] + cfg['overlap_steps']} steps "
              f"(pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, seed fraction {cfg.get('seed_fraction', 1.0)}, overlap scale {cfg.get('overlap_scale', 1.5)} "

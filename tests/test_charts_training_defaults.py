@@ -341,8 +341,11 @@ def test_family_settings_sit_between_the_defaults_and_the_toys():
 
     assert toy_defaults(None, "fif") == TOY_DEFAULTS
     vae = toy_defaults("two_circles", "vae")
+    config = toy_train_config(manifold="two_circles", family="vae")
     for key, value in FAMILY_SETTINGS["vae"].items():
-        assert vae[key] == value and getattr(toy_train_config(manifold="two_circles", family="vae"), key) == value
+        assert vae[key] == value and getattr(config, "total_steps" if key == "steps" else key) == value
+    assert config.total_steps == 6000 != toy_train_config(manifold="two_circles", family="fif").total_steps
+    assert config.pretrain_steps == 600 and config.overlap_steps == 1200  # the same fractions of the longer schedule
     assert toy_train_config(manifold="two_circles", family="fif").overlap_scale == TOY_DEFAULTS["overlap_scale"] != vae["overlap_scale"]
     # one family on one toy comes last, and only there
     for (family, name), settings in FAMILY_TOY_SETTINGS.items():

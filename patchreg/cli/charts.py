@@ -12,7 +12,7 @@ from pathlib import Path
 _TOY = dict(steps=3000, split="0.1/0.7/0.2", batch_size=128, lr=1e-3, lr_schedule="cosine", train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
             overlap_scale=1.0, overlap_in_loss=False)
 # The VAE family's own point-data settings (patchreg.charts.training.FAMILY_SETTINGS["vae"]), likewise for the help text.
-_VAE = dict(train_sigma=0.01, overlap_scale=1.5)
+_VAE = dict(train_sigma=0.01, overlap_scale=1.5, steps=6000)
 
 
 def register_train(train_kinds) -> None:
@@ -48,7 +48,7 @@ def register_train(train_kinds) -> None:
                         "chart learns its latent density (Alberti et al.'s code uses 3 when d > 1; 0: none, the default)")
     p.add_argument("--beta", type=float, default=None, help="FIF reconstruction weight (default 1/(2 train_sigma^2))")
     p.add_argument("--steps", type=int, default=None,
-                   help=f"total steps (default: point data {_TOY['steps']}, split {_TOY['split']} pretrain / mixture / "
+                   help=f"total steps (default: point data {_TOY['steps']} (vae family {_VAE['steps']}), split {_TOY['split']} pretrain / mixture / "
                         "overlap, see patchreg.charts.training.TOY_DEFAULTS; images 1600, split 1/4, 1/2, 1/4)")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"mini-batch size (default: point data {_TOY['batch_size']}, images 128)")
