@@ -33,6 +33,7 @@ step info $PY -m patchreg.info
 step test-patches $PY -m pytest -q tests/test_patches.py -k "cuda or device" -p no:cacheprovider
 step test-gmm $PY -m pytest -q tests/test_gmm.py -k "cuda" -p no:cacheprovider
 step test-charts $PY -m pytest -q tests/test_charts_op.py -k "thread or cuda" -p no:cacheprovider
+step test-chart-prior $PY -m pytest -q tests/test_chart_prior.py tests/test_charts_image_op.py -k "cuda" -p no:cacheprovider
 step test-reconstruct-cli $PY -m pytest -q tests/test_cli_reconstruct.py -k "cuda" -p no:cacheprovider
 step scaling-nccl $PY bench/distributed_scaling.py --device cuda --procs 1 --workloads gmm flow --rounds 1 \
   --gmm-patches 400000 --flow-batch 4096 --out "$RESULTS/distributed_scaling_cuda.md"

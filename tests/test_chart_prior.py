@@ -6,6 +6,7 @@ patches): the tests check the arithmetic and the plumbing, not the quality of a 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -15,6 +16,7 @@ import patchreg
 from patchreg.charts import build_mixture, stack_mlp_charts
 from patchreg.charts.seeding import seed_charts
 from patchreg.charts.stacked import charts_log_prob as stacked_reference
+from patchreg.ops.charts import kernels_compiled as charts_kernels_compiled
 from patchreg.priors import ChartPrior, PatchCharts, chart_denoise_patches, charts_restore, mean_free_basis
 from patchreg.priors.chart_prior import _PerChart, chart_patch_log_prob, is_fusable, select_charts
 
@@ -107,6 +109,41 @@ def test_nll_and_gradient_match_the_reference_path_in_float64(n_patches):
     assert values[0].shape == (2,)
     torch.testing.assert_close(values[0], values[1], atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
+
+
+_CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and charts_kernels_compiled()),
+                           reason="needs a CUDA device and an extension built with CUDA kernels")
+
+
+@_CUDA
+@pytest.mark.parametrize("n_patches", [None, 50])
+def test_nll_and_gradient_on_cuda_equal_cpu(n_patches):
+    """The prior's CUDA path (the image op's gather, the CUDA chart kernel, the fused aggregation) against the CPU
+    extension, float64, the same random patch positions (drawn on the CPU generator)."""
+    model = _model()
+    x = torch.rand(2, 1, 12, 11, dtype=torch.float64)
+    values, grads = [], []
+    for device in ("cpu", "cuda"):
+        prior = ChartPrior(copy.deepcopy(model).to(device), n_patches=n_patches, top_charts=2, seed=3)
+        xr = x.to(device).requires_grad_(True)
+        r = prior.nll(xr)
+        r.sum().backward()
+        values.append(r.detach().cpu())
+        grads.append(xr.grad.cpu())
+    torch.testing.assert_close(values[1], values[0], atol=1e-9, rtol=1e-9)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-9, rtol=1e-9)
+
+
+@_CUDA
+def test_charts_restore_on_cuda_equals_cpu():
+    model = _model()
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=gen, dtype=torch.float64), 3, 1, 1)
+    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    cpu = charts_restore(noisy, None, model, 0.1)
+    cuda = charts_restore(noisy.cuda(), None, copy.deepcopy(model).cuda(), 0.1)
+    assert cuda.device.type == "cuda"
+    torch.testing.assert_close(cuda.cpu(), cpu, atol=1e-7, rtol=1e-7)
 
 
 def test_nll_equals_patchwise_exact_density():
