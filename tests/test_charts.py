@@ -21,13 +21,7 @@ from patchreg.io import save_checkpoint
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the networks here are tiny: intra-op threads only spin (measured 4x more CPU time with 2 threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _randomised(model, std=0.3, seed=0):

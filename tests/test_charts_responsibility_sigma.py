@@ -11,12 +11,7 @@ from patchreg.charts.training import SIGMA_FLOOR_FRACTION, mixture_loss, trainin
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _two_noise_levels(n=400, seed=0):

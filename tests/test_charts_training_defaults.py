@@ -17,12 +17,7 @@ from patchreg.data.toy_manifolds import Circle, get_manifold
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_cosine_schedule_values_and_constant_unchanged():

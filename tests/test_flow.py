@@ -16,14 +16,7 @@ from patchreg.priors.patchnr import PatchNR
 MIXINGS = ("permutation", "lu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, which on a busy
-    2-core machine made the training tests ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _randomize(module: torch.nn.Module, std: float = 0.3, seed: int = 0) -> None:

@@ -22,12 +22,7 @@ LOGP_MEAN_ERR = 0.06
 GRAD_REL_ERR = 0.06  # ||g_bf16 - g_64|| / ||g_64|| (measured 0.025-0.03)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
