@@ -235,9 +235,9 @@ TOY_SETTINGS: dict[str, dict] = {"torus": dict(charts=12, lr=2e-3), "klein_bottl
 # loss did, but put the samples 5.6x farther from the sphere. Hence FAMILY_TOY_SETTINGS below.
 # steps 6000 (2026-12-07; before: 3000, the toys' default): the VAE mixture gains from the longer schedule on nearly
 # every metric, FIF does not (bench/results/charts_schedule_length.md, seeds 0-2 of all six toys, the 6,000-step cells
-# of charts_steps6000_ablation.md): distance to the manifold lower in 15 of 18 (toy, seed) pairs (toy means x0.41-0.96;
-# the annulus's x1.28 is seed 0's 0.0032), sliced W2 lower in 13, held-out NLL lower in 14 (by 0.3-0.6 nats on five
-# toys; two circles 0.05 higher), issue 15's goal met in 9 of 18 against 5; the coverage's shortfall grows on the swiss
+# of charts_steps6000_ablation.md): distance to the manifold lower in 15 of 18 (toy, seed) pairs (x0.42-0.96 per toy,
+# the seed means of the per-seed factors; the annulus x1.13, from seed 0's 0.0032), sliced W2 lower in 13, held-out NLL
+# lower in 14 (toy means 0.27-0.61 nats lower on five toys, 0.05 higher on two circles), issue 15's goal met in 9 of 18 against 5; the coverage's shortfall grows on the swiss
 # roll (0.0011 below its floor against 0.0003). FIF stays at 3000: 6000 steps met the goal in 14 of 18 (3000: 18).
 FAMILY_SETTINGS: dict[str, dict] = {"vae": dict(train_sigma=0.01, overlap_scale=1.5, steps=6000)}
 
