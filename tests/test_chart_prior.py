@@ -111,6 +111,13 @@ def test_nll_and_gradient_match_the_reference_path_in_float64(n_patches):
     torch.testing.assert_close(grads[0], grads[1], atol=1e-10, rtol=1e-10)
 
 
+def _smooth_image_and_noisy():
+    """(clean, noisy): a smoothed random 20x20 image and it plus noise of sigma 0.1, seeded."""
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=gen, dtype=torch.float64), 3, 1, 1)
+    return clean, clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+
+
 _CUDA = pytest.mark.skipif(not (torch.cuda.is_available() and charts_kernels_compiled()),
                            reason="needs a CUDA device and an extension built with CUDA kernels")
 
@@ -137,9 +144,7 @@ def test_nll_and_gradient_on_cuda_equal_cpu(n_patches):
 @_CUDA
 def test_charts_restore_on_cuda_equals_cpu():
     model = _model()
-    gen = torch.Generator().manual_seed(0)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=gen, dtype=torch.float64), 3, 1, 1)
-    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    _, noisy = _smooth_image_and_noisy()
     cpu = charts_restore(noisy, None, model, 0.1)
     cuda = charts_restore(noisy.cuda(), None, copy.deepcopy(model).cuda(), 0.1)
     assert cuda.device.type == "cuda"
@@ -226,9 +231,7 @@ def test_denoise_patches_shrinks_toward_the_charts_and_keeps_the_mean():
 
 def test_charts_restore_denoises_and_validates():
     model = _model()
-    gen = torch.Generator().manual_seed(0)
-    clean = torch.nn.functional.avg_pool2d(torch.rand(1, 1, 20, 20, generator=gen, dtype=torch.float64), 3, 1, 1)
-    noisy = clean + 0.1 * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
+    clean, noisy = _smooth_image_and_noisy()
     out = charts_restore(noisy, None, model, 0.1)
     assert out.shape == clean.shape and bool(torch.isfinite(out).all())
     assert float(((out - clean) ** 2).mean()) < float(((noisy - clean) ** 2).mean())
