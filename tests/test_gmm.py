@@ -300,6 +300,36 @@ def test_em_recovers_known_mixture():
     assert (history[1:] - history[:-1] >= -1e-9).all(), "EM log-likelihood must not decrease"
 
 
+@pytest.mark.parametrize("resp_floor", [0.0, 1e-12])
+def test_em_statistics_match_dense_sums(resp_floor):
+    """The grouped sparse second moments equal the dense float64 sums over the responsibilities kept."""
+    from patchreg.priors.gmm import _Statistics
+
+    g = torch.Generator().manual_seed(3)
+    n, K, d = 700, 9, 5
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    logits = 40 * torch.randn(n, K, generator=g, dtype=F64)  # sharp: many responsibilities under 1e-12
+    resp = torch.softmax(logits, dim=1)
+    resp[:, 4] = 0.0  # a component with no responsibility at all
+    resp = resp / resp.sum(1, keepdim=True)
+    stats = _Statistics.zeros(K, d, "cpu", resp_floor=resp_floor)
+    for rows in (slice(0, 300), slice(300, n)):  # two batches accumulate
+        stats.add(x[rows], resp[rows], loglik_sum=1.0)
+    kept = torch.where(resp > resp_floor, resp, 0.0)
+    if resp_floor > 0:
+        assert (kept == 0).sum() > (resp == 0).sum(), "the case must drop some pairs"
+    torch.testing.assert_close(stats.resp_sum, kept.sum(0), rtol=1e-13, atol=0)
+    torch.testing.assert_close(stats.first, kept.T @ x, rtol=1e-12, atol=1e-13)
+    dense = torch.einsum("nk,ni,nj->kij", kept, x, x)
+    torch.testing.assert_close(stats.second_matrix(), dense, rtol=1e-12, atol=1e-13)
+    assert torch.equal(stats.second_matrix(), stats.second_matrix().transpose(1, 2))
+    assert stats.count == n and stats.mean_loglik == pytest.approx(2.0 / n)
+    # what the floor drops is below it per pair, so the statistics move by at most n * floor
+    full = _Statistics.zeros(K, d, "cpu", resp_floor=0.0)
+    full.add(x, resp, 0.0)
+    assert (full.resp_sum - stats.resp_sum).abs().max() <= n * resp_floor + 1e-12
+
+
 def test_fit_keeps_small_init_clusters_distinct():
     """k-means clusters with at most d patches used to share one fallback mean (zero) and the
     global covariance: exact twins, which EM keeps identical for ever (the shipped K = 200 GMM had
