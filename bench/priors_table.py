@@ -160,7 +160,8 @@ class Runners:
 
         device = torch.device(self.args.device)
         flow = self._load("flow", lambda: PatchFlow.load(resolve_checkpoint(self.args.flow)).to(device))
-        prior = PatchNR(flow, n_patches=self.args.patchnr_patches, seed=self.args.seed)
+        prior = PatchNR(flow, n_patches=self.args.patchnr_patches, seed=self.args.seed,
+                        precision=self.args.flow_precision)
         y = y.float().to(device)
         H, W = y.shape[-2:] if task.startswith("denoise") else op.initial_guess(y).shape[-2:]
         scale = self.args.patchnr_lam_scale if lam_scale is None else lam_scale
@@ -203,8 +204,9 @@ def cell_settings(prior: str, args, task: str) -> dict:
         return {"precision": args.precision, "hqs_start": args.hqs_start, **extra}
     if prior == "patchnr":
         steps, lr = patchnr_schedule(task, args)
+        extra = {} if args.flow_precision == "float32" else {"flow_precision": args.flow_precision}
         return {"n_patches": args.patchnr_patches, "steps": steps, "lr": lr, "lam_scale": args.patchnr_lam_scale,
-                "device": args.device, "tf32": args.tf32}
+                "device": args.device, "tf32": args.tf32, **extra}
     if prior == "charts_lbfgs":
         return {"steps": args.lbfgs_steps, "top_charts": args.lbfgs_top}
     return {}
@@ -257,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--patchnr-lam-scale", type=float, default=1.0,
                     help="patchnr: lam = SCALE * n_image_patches / d (1: EPLL's MAP energy, the CLI's default)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="patchnr's device (the others run on the CPU)")
+    ap.add_argument("--flow-precision", choices=("float32", "bfloat16"), default="float32",
+                    help="patchnr: the flow's arithmetic (bfloat16: patchreg.priors.flow_lowp, CPU only)")
     ap.add_argument("--tf32", action="store_true", help="cuda: float32 matrix products on TF32 tensor cores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="bench/results/priors_set12")
