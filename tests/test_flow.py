@@ -220,6 +220,66 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert PatchFlow.load(path).config == straight.config
 
 
+def test_validation_history_and_patience_rule(tmp_path):
+    """steps is a minimum under patience: training stops at the first validation point where the best
+    validation NLL is `patience` steps old (here lr 0.3 makes it worsen, so the best stays early)."""
+    val = GaussianStream(4, seed=9).sample(256)
+    flow = PatchFlow(patch_size=2, n_blocks=1, hidden=8, seed=0)
+    flow.fit(GaussianStream(4, seed=1), 4, lr=1e-2, batch_size=16, validation=val, val_every=2, progress=False)
+    assert [h[0] for h in flow.validation_history] == [2, 4]
+    with torch.no_grad():
+        assert flow.validation_history[-1][1] == pytest.approx(-float(flow.log_prob(val).mean()), rel=1e-6)
+
+    path = tmp_path / "val.safetensors"
+    noisy = PatchFlow(patch_size=2, n_blocks=1, hidden=8, seed=0)
+    history = noisy.fit(GaussianStream(4, seed=1), 4, lr=0.3, batch_size=16, validation=val, val_every=2,
+                        patience=4, max_steps=400, checkpoint=path, progress=False)
+    vh = noisy.validation_history
+    best_step = min(vh, key=lambda h: (h[1], h[0]))[0]
+    assert history[-1][0] == vh[-1][0] >= 4
+    assert vh[-1][0] - best_step >= 4 or vh[-1][0] == 400  # stopped by the rule or the cap
+    for step, _ in vh[:-1]:  # no earlier validation point after the minimum satisfied the rule
+        assert step < 4 or step - min((h for h in vh if h[0] <= step), key=lambda h: (h[1], h[0]))[0] < 4
+    header = io.load_checkpoint(path, "flow")[1]["training"]
+    assert header["step"] == vh[-1][0] and [tuple(h) for h in header["validation"]] == vh
+
+
+def test_patience_resumes_with_its_validation_history(tmp_path):
+    val = GaussianStream(4, seed=9).sample(128)
+
+    def run(steps, path, resume=False):
+        flow = PatchFlow(patch_size=2, n_blocks=1, hidden=8, seed=0)
+        flow.fit(GaussianStream(4, seed=1), steps, lr=0.05, batch_size=16, validation=val, val_every=3,
+                 patience=6, max_steps=60, checkpoint=path, checkpoint_every=3, resume=resume, progress=False)
+        return flow
+
+    straight = run(3, tmp_path / "a.safetensors")
+    first = PatchFlow(patch_size=2, n_blocks=1, hidden=8, seed=0)  # stopped by hand at step 3 (no rule yet)
+    first.fit(GaussianStream(4, seed=1), 3, lr=0.05, batch_size=16, validation=val, val_every=3,
+              checkpoint=tmp_path / "b.safetensors", checkpoint_every=3, progress=False)
+    resumed = run(3, tmp_path / "b.safetensors", resume=True)
+    assert resumed.validation_history == straight.validation_history
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_patience_arguments_are_checked_before_training():
+    flow = PatchFlow(patch_size=2, n_blocks=1, hidden=8)
+    val = torch.zeros(5, 4)
+    with pytest.raises(ValueError, match="patience= needs validation="):
+        flow.fit(GaussianStream(4), 5, patience=10, max_steps=20, progress=False)
+    with pytest.raises(ValueError, match="patience= needs max_steps="):
+        flow.fit(GaussianStream(4), 5, validation=val, patience=10, progress=False)
+    with pytest.raises(ValueError, match="max_steps must be >= 5"):
+        flow.fit(GaussianStream(4), 5, validation=val, patience=10, max_steps=4, progress=False)
+    with pytest.raises(ValueError, match="max_steps is the cap of the patience rule"):
+        flow.fit(GaussianStream(4), 5, max_steps=9, progress=False)
+    with pytest.raises(ValueError, match=r"validation must be a tensor \(M, 4\)"):
+        flow.fit(GaussianStream(4), 5, validation=torch.zeros(5, 3), progress=False)
+    with pytest.raises(ValueError, match="val_every must be >= 1"):
+        flow.fit(GaussianStream(4), 5, validation=val, val_every=0, progress=False)
+
+
 def test_resume_rejects_a_different_architecture(tmp_path):
     path = tmp_path / "train.safetensors"
     PatchFlow(patch_size=2, n_blocks=1, hidden=8).fit(GaussianStream(4), 2, checkpoint=path, progress=False)
@@ -384,3 +444,18 @@ def test_cli_trains_resumes_and_writes_a_loadable_checkpoint(tmp_path, capsys):
     assert flow.config["hidden"] == 8
     assert io.load_checkpoint(out, "flow")[1]["training"]["step"] == 9
     assert main(args[:-1] + ["--steps", "2", "--mixing", "lu", "--resume"]) == 2  # architecture differs
+    # a continuation from those weights with a fresh Adam, validated, stopped by the patience rule or its cap
+    cont = tmp_path / "cont.safetensors"
+    more = ["train", "flow", "--images", str(images), "--patch-size", "3", "--batch-size", "8", "--n-blocks", "1",
+            "--hidden", "8", "--out", str(cont), "--seed", "2", "--quiet", "--init-from", str(out),
+            "--val-images", str(images), "--val-patches", "64", "--val-every", "2"]
+    assert main(more + ["--steps", "4", "--patience", "2", "--max-steps", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation NLL per patch" in printed
+    training = io.load_checkpoint(cont, "flow")[1]["training"]
+    assert 4 <= training["step"] <= 12 and len(training["validation"]) >= 2
+    assert main(more + ["--steps", "4", "--patience", "2"]) == 2  # no cap
+    assert main(more + ["--steps", "4", "--max-steps", "8"]) == 2  # a cap without the rule
+    assert main(more + ["--steps", "4", "--resume"]) == 2  # a new run or a continuation, not both
+    assert main(more[:-6] + ["--steps", "4", "--patience", "2", "--max-steps", "8"]) == 2  # no --val-images
+    assert main(more[:4] + ["--patch-size", "2"] + more[6:] + ["--steps", "4"]) == 2  # --init-from: other patch size

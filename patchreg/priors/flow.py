@@ -70,6 +70,7 @@ class PatchFlow(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = CouplingFlow(self.dim, n_blocks, hidden, clamp, mixing)
+        self.validation_history: list[tuple[int, float]] = []  # filled by fit(validation=...)
 
     # --- density --------------------------------------------------------------------------------
 
@@ -119,6 +120,10 @@ class PatchFlow(nn.Module):
         resume: bool = False,
         progress: bool = True,
         log_every: int = 100,
+        validation: torch.Tensor | None = None,
+        val_every: int = 5000,
+        patience: int | None = None,
+        max_steps: int | None = None,
     ) -> list[tuple[int, float]]:
         """Maximum-likelihood training: Adam on the mean NLL of `sampler.sample(batch_size)`.
 
@@ -129,11 +134,17 @@ class PatchFlow(nn.Module):
         the weights, Adam's moments and the step. resume=True restarts from that file when it
         exists: the sampler is rewound and replayed to the saved step, so the continuation equals
         the uninterrupted run. Stops with FloatingPointError on a non-finite loss.
+        validation: held-out patches (M, d); their mean NLL is measured every `val_every` steps and at
+        the end, into self.validation_history [(step, NLL)] (kept in the checkpoint). patience: with
+        validation, `steps` becomes a minimum and training goes on until the best validation NLL is
+        `patience` steps old, at most to `max_steps` (required): "at least `steps`, or until the
+        validation NLL has not improved for `patience` steps, whichever is later".
         Returns [(step, mean NLL per patch over the last log_every steps)].
         """
         return train_flow(
             self, sampler, steps, lr=lr, batch_size=batch_size, checkpoint=checkpoint,
             checkpoint_every=checkpoint_every, resume=resume, progress=progress, log_every=log_every,
+            validation=validation, val_every=val_every, patience=patience, max_steps=max_steps,
         )
 
     # --- files -----------------------------------------------------------------------------------

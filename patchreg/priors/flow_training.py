@@ -2,8 +2,13 @@
 
 A training checkpoint is a normal flow checkpoint (`PatchFlow.load` reads it) plus Adam's state
 as tensors "adam.{i}.exp_avg", "adam.{i}.exp_avg_sq", "adam.{i}.step" (i = parameter index) and
-a "training" entry in the header: step reached, lr, batch size, the logged loss history and
-the accumulated wall-clock seconds of the optimisation steps.
+a "training" entry in the header: step reached, lr, batch size, the logged loss history, the
+validation history when there is one, and the accumulated wall-clock seconds of the optimisation steps.
+
+With validation patches the mean NLL on them is measured every `val_every` steps, and `patience`
+turns `steps` into a minimum: training goes on until the best validation NLL is `patience` steps old
+(or `max_steps`), PatchNR's rule "at least N steps, or until the validation NLL has not improved for
+P steps, whichever is later".
 
 Under torch.distributed (torchrun, N > 1 ranks) the flow is trained with DistributedDataParallel:
 `batch_size` is the global batch, each rank draws batch_size / N patches from its own sampler, and
@@ -56,8 +61,8 @@ def _set_adam_state(optimizer: torch.optim.Adam, params, tensors: dict, path) ->
 def load_training_state(flow, optimizer, path) -> tuple[int, list, float]:
     """Load weights and Adam state of a training checkpoint into `flow`/`optimizer`.
 
-    Returns (step reached, loss history, training seconds so far). The architecture in the
-    file must equal flow.config.
+    Returns (step reached, loss history, training seconds so far); the validation history goes to
+    flow.validation_history. The architecture in the file must equal flow.config.
     """
     tensors, header = io.load_checkpoint(path, "flow")
     stored = {k: header.get(k) for k in flow.config}
@@ -73,6 +78,7 @@ def load_training_state(flow, optimizer, path) -> tuple[int, list, float]:
         raise ValueError(f"{path}: weights do not fit the architecture ({exc})") from None
     _set_adam_state(optimizer, list(flow.parameters()), tensors, path)
     history = [tuple(h) for h in training.get("history", [])]
+    flow.validation_history = [tuple(h) for h in training.get("validation", [])]
     return int(training["step"]), history, float(training.get("seconds", 0.0))
 
 
@@ -90,6 +96,8 @@ class _MeanNLL(torch.nn.Module):
 def _save(flow, optimizer, path, step: int, lr: float, batch_size: int, history: list, seconds: float,
           world_size: int = 1) -> None:
     training = {"step": step, "lr": lr, "batch_size": batch_size, "history": history, "seconds": seconds}
+    if getattr(flow, "validation_history", None):
+        training["validation"] = flow.validation_history
     if world_size > 1:
         training["world_size"] = world_size
     flow.save(path, extra_tensors=_adam_tensors(optimizer, list(flow.parameters())), extra_config={"training": training})
@@ -116,18 +124,24 @@ def train_flow(
     resume: bool = False,
     progress: bool = True,
     log_every: int = 100,
+    validation: torch.Tensor | None = None,
+    val_every: int = 5000,
+    patience: int | None = None,
+    max_steps: int | None = None,
 ) -> list[tuple[int, float]]:
     """See `PatchFlow.fit`."""
     check_int("steps", steps, 0)
     check_int("batch_size", batch_size, 1)
     check_int("checkpoint_every", checkpoint_every, 1)
     check_int("log_every", log_every, 1)
+    check_int("val_every", val_every, 1)
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not callable(getattr(sampler, "sample", None)):
         raise TypeError(f"sampler must have a sample(n) method (e.g. patchreg.data.PatchSampler), got {type(sampler).__name__}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint= (the file to resume from)")
+    _check_stopping(flow, validation, patience, max_steps, steps)
 
     world = distributed.current_world()
     local_batch = _local_batch_size(batch_size, world)
@@ -136,11 +150,13 @@ def train_flow(
     # The fused CPU/CUDA Adam is ~1.5x faster here than the for-loop one, same update rule.
     optimizer = torch.optim.Adam(params, lr=lr, fused=True)
     start, history, seconds = 0, [], 0.0
+    flow.validation_history = []
     if distributed.broadcast_object(bool(resume and Path(checkpoint).exists())):  # rank 0 decides
         start, history, seconds = load_training_state(flow, optimizer, checkpoint)
         _check_resumed_world(checkpoint, world)
         _replay(sampler, start, local_batch)
     saved_step = start
+    last_step = steps if patience is None else max_steps
 
     flow.train()
     loss_of = _MeanNLL(flow)
@@ -148,30 +164,76 @@ def train_flow(
         loss_of = torch.nn.parallel.DistributedDataParallel(loss_of, forward_sync_buffers=False)
     window_sum, window_n = 0.0, 0
     clock = time.perf_counter()
-    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress, desc="flow", unit="step")
-    for step in bar:
+    bar = tqdm(total=last_step, initial=start, disable=not progress, desc="flow", unit="step")
+    done = start
+    while done < last_step and not (done >= steps and _plateaued(flow.validation_history, patience)):
         batch = sampler.sample(local_batch)
         loss = loss_of(batch)
         value = distributed.all_reduce_sum(loss.detach().clone()) / world.world_size if world.distributed else loss
         if not torch.isfinite(value):  # every rank sees the global loss, so all stop together
-            raise _diverged(step + 1, value, batch, checkpoint, saved_step)
+            raise _diverged(done + 1, value, batch, checkpoint, saved_step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         window_sum, window_n = window_sum + value.item(), window_n + 1
-        done = step + 1
-        if window_n == log_every or done == steps:
+        done += 1
+        bar.update(1)
+        if validation is not None and (done % val_every == 0 or done == last_step):
+            flow.validation_history.append((done, _validation_nll(flow, validation)))
+        end = done == last_step or (done >= steps and _plateaued(flow.validation_history, patience))
+        if window_n == log_every or end:
             history.append((done, window_sum / window_n))
             bar.set_postfix(nll=f"{window_sum / window_n:.3f}")
             window_sum, window_n = 0.0, 0
-        if checkpoint is not None and (done % checkpoint_every == 0 or done == steps):
+        if checkpoint is not None and (done % checkpoint_every == 0 or end):
             seconds += time.perf_counter() - clock
             if world.is_main:
                 _save(flow, optimizer, checkpoint, done, lr, batch_size, history, seconds, world.world_size)
             clock = time.perf_counter()  # the time spent saving is not training time
             saved_step = done
+    bar.close()
     flow.eval()
     return history
+
+
+def _check_stopping(flow, validation, patience, max_steps, steps) -> None:
+    """The validation patches and the patience rule's arguments, checked before any training."""
+    if validation is not None:
+        if not torch.is_tensor(validation) or validation.ndim != 2 or validation.shape[1] != flow.dim \
+                or validation.shape[0] < 1:
+            shape = tuple(validation.shape) if torch.is_tensor(validation) else type(validation).__name__
+            raise ValueError(f"validation must be a tensor (M, {flow.dim}) of patches with M >= 1, got {shape}")
+    if patience is None:
+        if max_steps is not None:
+            raise ValueError("max_steps is the cap of the patience rule; it needs patience=")
+        return
+    check_int("patience", patience, 1)
+    if validation is None:
+        raise ValueError("patience= needs validation= patches (the rule watches their NLL)")
+    if max_steps is None:
+        raise ValueError("patience= needs max_steps= (a cap, in case the validation NLL keeps improving)")
+    check_int("max_steps", max_steps, steps)
+
+
+def _plateaued(val_history: list, patience: int | None) -> bool:
+    """True when the best validation NLL so far was measured at least `patience` steps before the last one."""
+    if patience is None or not val_history:
+        return patience is None
+    best_step = min(val_history, key=lambda h: (h[1], h[0]))[0]
+    return val_history[-1][0] - best_step >= patience
+
+
+@torch.no_grad()
+def _validation_nll(flow, patches: torch.Tensor, chunk: int = 8192) -> float:
+    """Mean NLL per patch of the validation patches (eval mode, in chunks), float64 sum."""
+    was_training = flow.training
+    flow.eval()
+    device = next(flow.parameters()).device
+    total = 0.0
+    for part in patches.split(chunk):
+        total += float(-flow.log_prob(part.to(device)).double().sum())
+    flow.train(was_training)
+    return total / patches.shape[0]
 
 
 def _local_batch_size(batch_size: int, world) -> int:
