@@ -226,7 +226,7 @@ def test_validation_history_and_patience_rule(tmp_path):
     val = GaussianStream(4, seed=9).sample(256)
     flow = PatchFlow(patch_size=2, n_blocks=1, hidden=8, seed=0)
     flow.fit(GaussianStream(4, seed=1), 4, lr=1e-2, batch_size=16, validation=val, val_every=2, progress=False)
-    assert [h[0] for h in flow.validation_history] == [2, 4]
+    assert [h[0] for h in flow.validation_history] == [0, 2, 4]  # the starting weights, then every 2 steps
     with torch.no_grad():
         assert flow.validation_history[-1][1] == pytest.approx(-float(flow.log_prob(val).mean()), rel=1e-6)
 

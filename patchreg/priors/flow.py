@@ -134,8 +134,8 @@ class PatchFlow(nn.Module):
         the weights, Adam's moments and the step. resume=True restarts from that file when it
         exists: the sampler is rewound and replayed to the saved step, so the continuation equals
         the uninterrupted run. Stops with FloatingPointError on a non-finite loss.
-        validation: held-out patches (M, d); their mean NLL is measured every `val_every` steps and at
-        the end, into self.validation_history [(step, NLL)] (kept in the checkpoint). patience: with
+        validation: held-out patches (M, d); their mean NLL is measured on the starting weights, every
+        `val_every` steps and at the end, into self.validation_history [(step, NLL)] (kept in the checkpoint). patience: with
         validation, `steps` becomes a minimum and training goes on until the best validation NLL is
         `patience` steps old, at most to `max_steps` (required): "at least `steps`, or until the
         validation NLL has not improved for `patience` steps, whichever is later".

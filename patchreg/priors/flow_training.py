@@ -157,6 +157,8 @@ def train_flow(
         _replay(sampler, start, local_batch)
     saved_step = start
     last_step = steps if patience is None else max_steps
+    if validation is not None and not flow.validation_history:  # the starting weights are a candidate too
+        flow.validation_history.append((start, _validation_nll(flow, validation)))
 
     flow.train()
     loss_of = _MeanNLL(flow)
