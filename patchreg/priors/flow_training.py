@@ -154,7 +154,7 @@ def train_flow(
     if distributed.broadcast_object(bool(resume and Path(checkpoint).exists())):  # rank 0 decides
         start, history, seconds = load_training_state(flow, optimizer, checkpoint)
         _check_resumed_world(checkpoint, world)
-        _replay(sampler, start, local_batch)
+        _replay(sampler, start, local_batch, progress)
     saved_step = start
     last_step = steps if patience is None else max_steps
     if validation is not None and not flow.validation_history:  # the starting weights are a candidate too
@@ -254,10 +254,10 @@ def _check_resumed_world(checkpoint, world) -> None:
                       "training continues, on other random patches than an uninterrupted run", stacklevel=3)
 
 
-def _replay(sampler, steps_done: int, batch_size: int) -> None:
+def _replay(sampler, steps_done: int, batch_size: int, progress: bool = True) -> None:
     """Rewind the sampler and draw the batches already used, so training continues identically."""
     if not callable(getattr(sampler, "reset", None)):
         raise TypeError("resuming needs a sampler with reset() (to replay its random stream)")
     sampler.reset()
-    for _ in tqdm(range(steps_done), desc="replaying sampler", unit="batch", leave=False, disable=steps_done < 10000):
+    for _ in tqdm(range(steps_done), desc="replaying sampler", unit="batch", leave=False, disable=not progress or steps_done < 10000):
         sampler.sample(batch_size)
