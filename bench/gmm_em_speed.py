@@ -50,9 +50,11 @@ class DenseUpperStatistics(_Statistics):
         self.second[:, cols, rows] += torch.where(rows == cols, 0.0, 1.0).to(upper) * upper
 
 
-def statistics_pass(gmm: GMM, batches: list, stats: _Statistics) -> tuple[_Statistics, float, float]:
-    """One E-step over the batches into `stats`: (stats, seconds in the log-density, seconds in add)."""
+def statistics_pass(gmm: GMM, batches: list, stats: _Statistics) -> tuple[_Statistics, float, float, float]:
+    """One E-step over the batches into `stats`: (stats, seconds in the log-density, seconds in add, pairs above
+    RESP_FLOOR per patch)."""
     t_e = t_add = 0.0
+    kept = 0
     params = gmm.component_params(dtype=batches[0].dtype)
     for batch in batches:
         x = gmm._prepare(batch)
@@ -63,7 +65,8 @@ def statistics_pass(gmm: GMM, batches: list, stats: _Statistics) -> tuple[_Stati
         mid = time.perf_counter()
         stats.add(x.to(torch.float64), resp, float(loglik.sum()))
         t_e, t_add = t_e + mid - start, t_add + time.perf_counter() - mid
-    return stats, t_e, t_add
+        kept += int((resp > RESP_FLOOR).sum())  # outside the timed parts
+    return stats, t_e, t_add, kept / sum(b.shape[0] for b in batches)
 
 
 def m_step(gmm: GMM, stats: _Statistics) -> dict:
@@ -84,12 +87,11 @@ def measure(spec: str, n: int, batch: int, rounds: int, seed: int, images) -> di
     for r in range(rounds):  # alternate, so a load change on the machine hits both
         for name in (("dense", "sparse") if r % 2 == 0 else ("sparse", "dense")):
             cls = DenseUpperStatistics if name == "dense" else _Statistics
-            stats, t_e, t_add = statistics_pass(gmm, batches, cls.zeros(K, d, "cpu"))
+            stats, t_e, t_add, _ = statistics_pass(gmm, batches, cls.zeros(K, d, "cpu"))
             times[name].append(t_add)
             e_times.append(t_e)
-    dense, _, _ = statistics_pass(gmm, batches, DenseUpperStatistics.zeros(K, d, "cpu", resp_floor=0.0))
-    sparse, _, _ = statistics_pass(gmm, batches, _Statistics.zeros(K, d, "cpu"))
-    kept = kept_pairs(gmm, batches)
+    dense, _, _, _ = statistics_pass(gmm, batches, DenseUpperStatistics.zeros(K, d, "cpu", resp_floor=0.0))
+    sparse, _, _, kept = statistics_pass(gmm, batches, _Statistics.zeros(K, d, "cpu"))
     a, b = m_step(gmm, dense), m_step(gmm, sparse)
     rel = {k: float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a}
     e = statistics.median(e_times)
@@ -100,16 +102,6 @@ def measure(spec: str, n: int, batch: int, rounds: int, seed: int, images) -> di
                 pairs_kept_per_patch=kept, mean_loglik_dense=dense.mean_loglik, mean_loglik_sparse=sparse.mean_loglik,
                 m_step_max_rel_diff=rel, per_2m_iteration_s={"dense": (e + t_dense) * 2e6 / n,
                                                              "sparse": (e + t_sparse) * 2e6 / n})
-
-
-def kept_pairs(gmm: GMM, batches: list) -> float:
-    params = gmm.component_params(dtype=batches[0].dtype)
-    kept = total = 0
-    for batch in batches:
-        comp = gmm_log_prob(gmm._prepare(batch).contiguous(), *params).to(torch.float64)
-        resp = torch.exp(comp - torch.logsumexp(comp, dim=1, keepdim=True))
-        kept, total = kept + int((resp > RESP_FLOOR).sum()), total + batch.shape[0]
-    return kept / total
 
 
 def write_report(out: Path, rows: list, command: str, threads: int) -> None:

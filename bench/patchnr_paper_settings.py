@@ -129,7 +129,7 @@ def _append(path: Path, row: dict) -> None:
 def tune(session: Session, task: str, val_images, val_names) -> float:
     """The scale with the best mean validation PSNR for `task` (cells reused from earlier calls)."""
     args = session.args
-    setting = _setting(_settings(args, task, 0.0))
+    setting = _current_setting(args, task)
     for scale in args.scales:
         for j, (img, name) in enumerate(zip(val_images, val_names)):
             if (task, scale, name, setting) in session.val_cells:
@@ -158,7 +158,7 @@ def _card() -> str:
 
 def test(session: Session, task: str, scale: float, images, names, indices, key_prior="patchnr") -> None:
     args = session.args
-    setting = _setting(_settings(args, task, scale))
+    setting = _current_setting(args, task)
     for i in indices:
         if (task, key_prior, names[i], setting) in session.test_cells:
             continue
@@ -197,7 +197,7 @@ def main(argv=None) -> int:
         tuned_as = TUNED_AS.get(task, task)
         if args.lam_scale is not None:
             chosen[tuned_as] = args.lam_scale
-        setting = _setting(_settings(args, task, 0.0))
+        setting = _current_setting(args, task)
         n_val = 0 if tuned_as in chosen else sum(
             (tuned_as, s, n, setting) not in session.val_cells for s in args.scales for n in val_names)
         n_test = sum((task, "patchnr", names[i], setting) not in session.test_cells for i in indices)
@@ -225,6 +225,11 @@ def _setting(st: dict) -> str:
     """A cell's reconstruction setting (its settings dict) in words: patches x iterations, the flow's arithmetic."""
     arith = "TF32" if st.get("tf32") else st.get("flow_precision", "float32")
     return f"{st['n_patches']} x {st['steps']}, {arith}, {st['device']}"
+
+
+def _current_setting(args, task: str) -> str:
+    """The setting this call runs `task` at, in `_setting`'s words (the key of its cells)."""
+    return _setting(cell_settings("patchnr", args, task))
 
 
 def _task_settings(tests: list[dict]) -> list[tuple[str, str]]:
