@@ -147,25 +147,59 @@ def test_chunked_bfloat16_equals_unchunked(shipped):
     assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6)
 
 
-def test_buffers_are_reused_and_a_second_backward_raises(shipped):
-    prior = PatchNR(shipped, n_patches=256, seed=0, precision="bfloat16")
-    x = _image().requires_grad_(True)
-    for _ in range(3):  # iterations of a reconstruction: same buffers each time
-        prior.nll(x).sum().backward()
-    pool = prior._low.pool
-    held = {k: len(v) for k, v in pool._free.items()}
-    prior.nll(x).sum().backward()
-    assert {k: len(v) for k, v in pool._free.items()} == held
-    with torch.no_grad():  # no graph: buffers go straight back
-        prior.nll(x)
-    assert {k: len(v) for k, v in pool._free.items()} == held
-    r = prior.nll(x).sum()
-    r.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="one backward pass"):
-        r.backward()
-    prior.release_memory()
-    assert pool.n_free() == 0
-    prior.nll(x).sum().backward()  # still works after release
+def test_blocks_give_the_whole_result_and_memory_does_not_grow_with_n(shipped):
+    patches = torch.rand(700, shipped.dim, generator=torch.Generator().manual_seed(3))
+    whole = Bfloat16FlowLogProb(shipped, block_rows=700)
+    blocked = Bfloat16FlowLogProb(shipped, block_rows=128)  # 5 full blocks and a short one
+    results = []
+    for model in (whole, blocked):
+        x = patches.clone().requires_grad_(True)
+        logp = model.log_prob(x)
+        (g,) = torch.autograd.grad(logp.sum(), x)
+        results.append((logp.detach(), g))
+    (la, ga), (lb, gb) = results
+    # the same arithmetic row by row, up to the matmul's blocking of its float32 sums
+    assert torch.allclose(la, lb, rtol=0, atol=0.05)
+    assert float((ga - gb).norm() / ga.norm()) < 0.01
+    held = blocked.memory_bytes()
+    assert 0 < held
+    blocked.log_prob(torch.rand(3000, shipped.dim))  # more rows, same blocks
+    assert blocked.memory_bytes() == held
+    assert whole.memory_bytes() > held  # it holds 700 rows per block
+    blocked.release()
+    assert blocked.memory_bytes() == 0
+    assert torch.equal(blocked.log_prob(patches), lb)  # allocated again after release, same numbers
+
+
+def test_gradient_is_the_stored_rows_scaled_by_the_incoming_weights(shipped):
+    patches = torch.rand(50, shipped.dim, generator=torch.Generator().manual_seed(4))
+    model = Bfloat16FlowLogProb(shipped, block_rows=16)
+    x = patches.clone().requires_grad_(True)
+    logp = model.log_prob(x)
+    (g1,) = torch.autograd.grad(logp.sum(), x, retain_graph=True)
+    w = torch.linspace(-2, 3, 50)
+    (gw,) = torch.autograd.grad((w * logp).sum(), x)  # a second backward through the same graph
+    assert torch.allclose(gw, w[:, None] * g1, rtol=1e-6, atol=0)
+    with torch.no_grad():
+        assert torch.equal(model.log_prob(patches), logp.detach())  # forward only: same log p
+
+
+@pytest.mark.parametrize("mixing", ["permutation", "lu"])
+def test_gradient_agrees_with_float64_random_flows(mixing):
+    flow = _random_flow(mixing)
+    patches = torch.rand(400, flow.dim, generator=torch.Generator().manual_seed(5))
+    p64 = patches.double().requires_grad_(True)
+    (g64,) = torch.autograd.grad(_copy(flow).double().log_prob(p64).sum(), p64)
+    p16 = patches.clone().requires_grad_(True)
+    (g16,) = torch.autograd.grad(Bfloat16FlowLogProb(flow, block_rows=64).log_prob(p16).sum(), p16)
+    rel = float((g16.double() - g64).norm() / g64.norm())
+    assert rel < GRAD_REL_ERR, rel
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, None])
+def test_bad_block_rows_is_a_value_error_naming_the_argument(shipped, bad):
+    with pytest.raises(ValueError, match="block_rows must be an integer >= 1"):
+        Bfloat16FlowLogProb(shipped, block_rows=bad)
 
 
 def test_float64_image_gets_float64_nll(shipped):

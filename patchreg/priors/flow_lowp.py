@@ -15,16 +15,17 @@ patches), with
 - in float32: the patches, the affine updates x * exp(s) + t, the soft clamp, the mixing layers
   (permutations as exact 0/1 matmuls, LU linear maps), the log-determinant sums and the Gaussian term.
 
-The subnets run as one autograd function with frozen weights (d/dx only) whose large activations
-(N x ~hidden) come from a buffer pool kept between calls: after the first iteration of a reconstruction
-they are reused instead of being allocated afresh, which on CPU saves the page faults of first-touching
-tens of MB per layer (as costly as the bfloat16 matmuls themselves at N = 40,000). The pool holds
-2 buffers per subnet and one more, N x ~hidden bfloat16 numbers each (0.9 GB for N = 40,000 with the
-shipped flow: 5 blocks, 2 subnets each, 512 hidden units) while the object lives; `release()` empties it.
-ReLU and its gradient run as int16 operations on the bfloat16 bits (10x faster than bfloat16 relu_).
-
-A graph built by `log_prob` can be differentiated once (its activations go back to the pool); a second
-backward through the same graph raises RuntimeError.
+Forward and gradient in one pass, a block of rows at a time. Each patch's log-density depends on that
+patch alone, so d log p_n / d x_n (N x d numbers) is computed with log p itself, block by block: the
+forward pass through every layer for `block_rows` patches, then at once the hand-written reverse pass
+for the same rows; autograd's backward only scales the stored gradient rows by the incoming weights.
+The large activations (rows x ~hidden per subnet) thus live for one block, in buffers allocated once
+per object and reused for every block and call (about 22 kB per row of a block for the shipped flow:
+180 MB at the default 8,192 rows, where a graph over all N_p = 40,000 patches held 0.9 GB); there are no
+autograd nodes, slice gradients or zero fills per layer. Larger blocks pay less of the fixed cost of
+each matmul call, smaller ones keep more in cache (bench/patchnr_block_rows.py). ReLU and its gradient
+run as int16 operations on the bfloat16 bits (10x faster than bfloat16 relu_); the float32 sum of a
+subnet's output parts is one pass of a kernel (patchreg.ops.flow_lowp.bf16_sum_parts).
 """
 
 from __future__ import annotations
@@ -36,11 +37,13 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .coupling import AffineCoupling, InvertibleLinearLU, Permutation, soft_clamp
+from ..ops.flow_lowp import bf16_sum_parts
+from .coupling import AffineCoupling, InvertibleLinearLU, Permutation
 
-__all__ = ["Bfloat16FlowLogProb", "bf16_matmul_is_fast"]
+__all__ = ["Bfloat16FlowLogProb", "bf16_matmul_is_fast", "BLOCK_ROWS"]
 
 LOW_DTYPE = torch.bfloat16
+BLOCK_ROWS = 8192  # rows per forward + reverse block (bench/patchnr_block_rows.py)
 
 
 def bf16_matmul_is_fast(device: torch.device | str = "cpu") -> bool:
@@ -56,26 +59,6 @@ def bf16_matmul_is_fast(device: torch.device | str = "cpu") -> bool:
         return False
 
 
-class _BufferPool:
-    """Free tensors by key: `take` reuses one or makes a new one with `make()`, `give` returns it."""
-
-    def __init__(self):
-        self._free: dict[tuple, list[torch.Tensor]] = {}
-
-    def take(self, key: tuple, make) -> torch.Tensor:
-        stack = self._free.get(key)
-        return stack.pop() if stack else make()
-
-    def give(self, key: tuple, *tensors: torch.Tensor) -> None:
-        self._free.setdefault(key, []).extend(tensors)
-
-    def clear(self) -> None:
-        self._free.clear()
-
-    def n_free(self) -> int:
-        return sum(len(v) for v in self._free.values())
-
-
 def _pad(k: int, multiple: int = 32) -> int:
     return -(-k // multiple) * multiple
 
@@ -86,6 +69,12 @@ def _hi_lo(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return hi, (t - hi.to(t.dtype)).to(LOW_DTYPE)
 
 
+def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> None:
+    """grad *= (out > 0) in place, out a ReLU output (bfloat16 >= 0, compared as int16)."""
+    g = grad.view(torch.int16)
+    torch.ops.aten.threshold_backward.grad_input(g, out.view(torch.int16), 0, grad_input=g)
+
+
 def _relu_(t: torch.Tensor) -> torch.Tensor:
     """In-place ReLU of a bfloat16 tensor as int16 max(., 0) (same order for non-negative values, sign bit
     set for negative ones): one vectorised integer pass, ~10x faster on CPU than bfloat16 relu_."""
@@ -93,10 +82,29 @@ def _relu_(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> None:
-    """grad *= (out > 0) in place, out a ReLU output (bfloat16 >= 0, compared as int16)."""
-    g = grad.view(torch.int16)
-    torch.ops.aten.threshold_backward.grad_input(g, out.view(torch.int16), 0, grad_input=g)
+class _Workspace:
+    """Buffers shared by the subnets of one flow, by (role, columns): the first layer's input
+    [x_hi, x_lo, x_hi, 1, 1, 0...] and the two hidden-size gradients of the reverse pass. A block of
+    fewer rows uses the leading rows (a contiguous view)."""
+
+    def __init__(self, rows: int, device):
+        self.rows, self.device = rows, device
+        self._buffers: dict[tuple, torch.Tensor] = {}
+
+    def get(self, key: tuple, cols: int, rows: int, init=None) -> torch.Tensor:
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = torch.empty(self.rows, cols, dtype=LOW_DTYPE, device=self.device)
+            if init is not None:
+                init(buf)
+            self._buffers[key] = buf
+        return buf[:rows]
+
+    def nbytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())
+
+    def clear(self) -> None:
+        self._buffers.clear()
 
 
 class _Subnet:
@@ -111,11 +119,12 @@ class _Subnet:
     The rounded quantities are the two hidden activations and W2. Biases ride in the matmuls on constant
     1-columns (an addmm bias costs as much as a third of the matmul), which each matmul also writes into
     its own output (a weight 1 on the input's 1-column), so every large operand is a whole contiguous
-    buffer: activations a1 = [h1, 1, 1, 0...] (N x k1), a2 = [h2, 1, 1, 0..., o1] (N x k2).
-    Backward (d/dx only): bfloat16 weights W3, W2, W1.
+    buffer: activations a1 = [h1, 1, 1, 0...] (rows x k1), a2 = [h2, 1, 1, 0..., o1] (rows x k2).
+    `forward` keeps a1 and a2 of its block (in this subnet's own buffers) for `backward`, the
+    input-gradient of the same block through the bfloat16 weights W3, W2, W1.
     """
 
-    def __init__(self, net: nn.Sequential, pool: _BufferPool):
+    def __init__(self, net: nn.Sequential):
         linears = [m for m in net if isinstance(m, nn.Linear)]
         acts = [m for m in net if not isinstance(m, nn.Linear)]
         if len(linears) != 3 or len(acts) != 2 or not all(isinstance(a, nn.ReLU) for a in acts):
@@ -125,7 +134,8 @@ class _Subnet:
         d_in, H, d_out = l1.in_features, l1.out_features, l3.out_features
         if l2.in_features != H or l2.out_features != H or l3.in_features != H:
             raise TypeError("the bfloat16 path expects equal hidden widths")
-        self.d_in, self.hidden, self.d_out, self.pool = d_in, H, d_out, pool
+        self.d_in, self.hidden, self.d_out = d_in, H, d_out
+        self._a1 = self._a2 = None  # this subnet's activations of the current chunk (rows x k1, rows x k2)
         self.k_in = _pad(3 * d_in + 2)  # [x_hi, x_lo, x_hi, 1, 1, 0...]
         self.k1 = _pad(H + 2)  # [h1, 1, 1, 0...]
         self.k2 = _pad(H + 2 + d_out)  # [h2, 1, 1, 0..., o1]
@@ -165,99 +175,99 @@ class _Subnet:
             # backward: x-gradients through the bfloat16 weights (out, in)
             self.w1, self.w2, self.w3 = (wi.to(LOW_DTYPE).contiguous() for wi in w)
 
-    def x_buffer(self, n: int, device) -> tuple[tuple, object]:
-        """(pool key, maker) of the N x k_in input buffer [x_hi, x_lo, x_hi, 1, 1, 0...]."""
-        key = ("x", n, self.k_in, self.d_in, device)  # the 1-columns sit at 3 d_in
+    def _first_layer_input(self, x: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """[x_hi, x_lo, x_hi, 1, 1, 0...] (rows x k_in) in the shared buffer for this width."""
         ones = 3 * self.d_in
 
-        def make():
-            t = torch.zeros(n, self.k_in, dtype=LOW_DTYPE, device=device)
+        def init(t):
+            t.zero_()
             t[:, ones:ones + 2] = 1
-            return t
 
-        return key, make
+        xa = ws.get(("x", self.k_in, self.d_in), self.k_in, x.shape[0], init)
+        x_hi, x_lo = _hi_lo(x)
+        d = self.d_in
+        xa[:, :d], xa[:, d:2 * d], xa[:, 2 * d:3 * d] = x_hi, x_lo, x_hi
+        return xa
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return _SubnetFunction.apply(x, self)
+    def _activations(self, rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._a1 is None or self._a1.shape[0] < rows:
+            self._a1 = torch.empty(rows, self.k1, dtype=LOW_DTYPE, device=device)
+            self._a2 = torch.empty(rows, self.k2, dtype=LOW_DTYPE, device=device)
+        return self._a1[:rows], self._a2[:rows]
+
+    def forward(self, x: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """Float32 rows x (rows, d_in) -> (rows, d_out) float32; keeps this block's activations."""
+        rows = x.shape[0]
+        xa = self._first_layer_input(x, ws)
+        a1, a2 = self._activations(rows, x.device)
+        _relu_(torch.mm(xa, self.w1a, out=a1))  # [h1, 1, 1, 0...]
+        _relu_(torch.mm(a1, self.w2a, out=a2))  # [h2, 1, 1, 0..., 0]
+        a2[:, self.o1] = torch.mm(a2, self.w3a)  # o1, rounded to bfloat16
+        parts = torch.mm(a2, self.w3c)  # (rows, 3 d_out): o1, its rounding error, the lo-weight part
+        return bf16_sum_parts(parts, 3)  # float32, summed in that order
+
+    def backward(self, grad_out: torch.Tensor, ws: _Workspace) -> torch.Tensor:
+        """d/dx of <grad_out, subnet(x)> for the rows of the last `forward`: (rows, d_in) float32."""
+        rows, H = grad_out.shape[0], self.hidden
+        a1, a2 = self._activations(rows, grad_out.device)
+        g2 = ws.get(("g2", H), H, rows)
+        torch.mm(grad_out.to(LOW_DTYPE), self.w3, out=g2)
+        _relu_grad_(g2, a2[:, :H])
+        g1 = ws.get(("g1", H), H, rows)
+        torch.mm(g2, self.w2, out=g1)
+        _relu_grad_(g1, a1[:, :H])
+        return torch.mm(g1, self.w1).to(torch.float32)
+
+    def release(self) -> None:
+        self._a1 = self._a2 = None
 
 
-def _empty(n: int, k: int, device):
-    return lambda: torch.empty(n, k, dtype=LOW_DTYPE, device=device)
+def _soft_clamp_and_slope(s: torch.Tensor, clamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """patchreg.priors.coupling.soft_clamp(s, clamp) = clamp 2/pi atan(s / clamp), and its derivative."""
+    u = s / clamp
+    return (clamp * (2.0 / math.pi)) * torch.atan(u), (2.0 / math.pi) / (1.0 + u * u)
 
 
-class _SubnetFunction(torch.autograd.Function):
-    """The subnet of `_Subnet` on float32 rows x (N, d_in) -> (N, d_out) float32, d/dx only."""
+class _LogProbWithGrad(torch.autograd.Function):
+    """log p (N,) of a Bfloat16FlowLogProb whose per-row gradient comes from its own reverse pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, net: _Subnet) -> torch.Tensor:
-        n, dev, d = x.shape[0], x.device, net.d_in
-        pool = net.pool
-        x_key, x_make = net.x_buffer(n, dev)
-        a1_key, a2_key = ("a", n, net.k1, dev), ("a", n, net.k2, dev)
-        xa = pool.take(x_key, x_make)
-        x_hi, x_lo = _hi_lo(x.detach())
-        xa[:, :d], xa[:, d:2 * d], xa[:, 2 * d:3 * d] = x_hi, x_lo, x_hi
-        a1 = pool.take(a1_key, _empty(n, net.k1, dev))
-        _relu_(torch.mm(xa, net.w1a, out=a1))  # [h1, 1, 1, 0...]
-        pool.give(x_key, xa)
-        a2 = pool.take(a2_key, _empty(n, net.k2, dev))
-        _relu_(torch.mm(a1, net.w2a, out=a2))  # [h2, 1, 1, 0..., 0]
-        a2[:, net.o1] = torch.mm(a2, net.w3a)  # o1, rounded to bfloat16
-        parts = torch.mm(a2, net.w3c)  # (N, 3 d_out): o1, its rounding error, the lo-weight part
-        out = parts.to(torch.float32).view(n, 3, net.d_out).sum(1)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(a1, a2)
-            ctx.net, ctx.keys, ctx.x_dtype, ctx.pending = net, (a1_key, a2_key), x.dtype, True
-        else:
-            pool.give(a1_key, a1)
-            pool.give(a2_key, a2)
-        return out.to(x.dtype)
+    def forward(ctx, patches: torch.Tensor, model: "Bfloat16FlowLogProb") -> torch.Tensor:
+        logp, grad = model._evaluate(patches.detach().to(torch.float32), with_grad=True)
+        ctx.save_for_backward(grad)
+        ctx.in_dtype = patches.dtype
+        return logp
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor):
-        if not ctx.pending:
-            raise RuntimeError("the bfloat16 PatchNR path supports one backward pass per log_prob call "
-                               "(its activation buffers are reused); recompute log_prob instead of retain_graph")
-        ctx.pending = False
-        net, (a1_key, a2_key) = ctx.net, ctx.keys
-        a1, a2 = ctx.saved_tensors
-        n, H = a1.shape[0], net.hidden
-        g_key = ("g", n, H, a1.device)
-        g2 = net.pool.take(g_key, _empty(n, H, a1.device))
-        torch.mm(grad_out.to(LOW_DTYPE), net.w3, out=g2)
-        _relu_grad_(g2, a2[:, :H])
-        g1 = a2.view(-1)[: n * H].view(n, H)  # a2 is no longer needed: its memory takes the next gradient
-        torch.mm(g2, net.w2, out=g1)
-        _relu_grad_(g1, a1[:, :H])
-        grad_x = torch.mm(g1, net.w1).to(ctx.x_dtype)
-        net.pool.give(g_key, g2)
-        net.pool.give(a1_key, a1)
-        net.pool.give(a2_key, a2)
-        return grad_x, None
+    def backward(ctx, grad_logp: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_logp.to(grad.dtype)[:, None]).to(ctx.in_dtype), None
 
 
 class Bfloat16FlowLogProb:
     """log p(patches) of a frozen snapshot of `flow` with bfloat16 dense layers (see the module doc).
 
     flow: a PatchFlow whose couplings are `patchreg.priors.coupling.AffineCoupling` (any mixing).
+    block_rows: patches per forward + reverse block (memory about 22 kB per row for the shipped flow).
     The snapshot does not follow later changes of flow's weights: make a new one after training.
     """
 
-    def __init__(self, flow):
+    def __init__(self, flow, block_rows: int = BLOCK_ROWS):
+        if not isinstance(block_rows, int) or isinstance(block_rows, bool) or block_rows < 1:
+            raise ValueError(f"block_rows must be an integer >= 1, got {block_rows!r}")
         net = flow.net
         self.dim = flow.dim
+        self.block_rows = block_rows
         self.device = next(flow.parameters()).device
-        self.pool = _BufferPool()
         self.layers: list[tuple] = []
         with torch.no_grad():
             for layer in net.layers:
                 if isinstance(layer, AffineCoupling):
-                    self.layers.append(("coupling", layer.n1, layer.clamp,
-                                        _Subnet(layer.net1, self.pool), _Subnet(layer.net2, self.pool)))
+                    self.layers.append(("coupling", layer.n1, layer.clamp, _Subnet(layer.net1), _Subnet(layer.net2)))
                 elif isinstance(layer, Permutation):
-                    # x[:, perm] as x @ P (exact: one product by 1 per entry): a float32 matmul, forward and
-                    # backward, is ~4x faster than gather + index_put on (N, d)
+                    # x[:, perm] as x @ P (exact: one product by 1 per entry): a float32 matmul is ~4x faster
+                    # than a gather on (rows, d)
                     d = layer.perm.numel()
                     perm_matrix = torch.zeros(d, d, dtype=torch.float32, device=layer.perm.device)
                     perm_matrix[layer.perm, torch.arange(d, device=layer.perm.device)] = 1
@@ -268,6 +278,7 @@ class Bfloat16FlowLogProb:
                 else:
                     raise TypeError(f"the bfloat16 path does not know the flow layer {type(layer).__name__}")
         self._log_norm = 0.5 * self.dim * math.log(2 * math.pi)
+        self._workspace = _Workspace(block_rows, self.device)
         if not bf16_matmul_is_fast(self.device):
             warnings.warn(
                 "precision='bfloat16': this CPU has no native bfloat16 matmuls (AVX-512-BF16 / AMX), so they are "
@@ -275,28 +286,79 @@ class Bfloat16FlowLogProb:
 
     def log_prob(self, patches: torch.Tensor) -> torch.Tensor:
         """(N,) float32 log-density of patches (N, d) (cast to float32), differentiable in the patches."""
-        x = patches.to(torch.float32)
+        if torch.is_grad_enabled() and patches.requires_grad:
+            return _LogProbWithGrad.apply(patches, self)
+        return self._evaluate(patches.detach().to(torch.float32), with_grad=False)[0]
+
+    def _evaluate(self, x: torch.Tensor, with_grad: bool):
+        """(log p (N,), d log p / dx (N, d) or None) of float32 rows x, block by block."""
+        logp = x.new_empty(x.shape[0])
+        grad = torch.empty_like(x) if with_grad else None
+        with torch.no_grad():
+            for start in range(0, x.shape[0], self.block_rows):
+                rows = slice(start, min(start + self.block_rows, x.shape[0]))
+                logp[rows], g = self._block(x[rows], with_grad)
+                if with_grad:
+                    grad[rows] = g
+        return logp, grad
+
+    def _block(self, x: torch.Tensor, with_grad: bool):
+        """Forward through every layer for one block of rows, then (with_grad) the reverse pass."""
+        ws = self._workspace
+        tape = []
         logdet = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            kind = layer[0]
-            if kind == "coupling":
+            if layer[0] == "coupling":
                 _, n1, clamp, net1, net2 = layer
                 x1, x2 = x[:, :n1], x[:, n1:]
-                out = net2(x2)
-                s2, t2 = soft_clamp(out[:, :n1], clamp), out[:, n1:]
-                y1 = x1 * torch.exp(s2) + t2
-                out = net1(y1)
+                out2 = net2.forward(x2, ws)
+                s2, slope2 = _soft_clamp_and_slope(out2[:, :n1], clamp)
+                e2 = torch.exp(s2)
+                y1 = torch.addcmul(out2[:, n1:], x1, e2)  # x1 exp(s2) + t2
+                out1 = net1.forward(y1, ws)
                 k = x2.shape[1]
-                s1, t1 = soft_clamp(out[:, :k], clamp), out[:, k:]
-                y2 = x2 * torch.exp(s1) + t1
+                s1, slope1 = _soft_clamp_and_slope(out1[:, :k], clamp)
+                e1 = torch.exp(s1)
+                y2 = torch.addcmul(out1[:, k:], x2, e1)  # x2 exp(s1) + t1
+                logdet += s2.sum(1) + s1.sum(1)
+                tape.append((x1, x2, e2, slope2, e1, slope1))
                 x = torch.cat([y1, y2], dim=1)
-                logdet = logdet + s2.sum(1) + s1.sum(1)
             else:  # fixed linear map (a permutation or an LU layer): x W^T, log|det W| a constant
                 x = x @ layer[1]
-                if layer[2] != 0.0:
-                    logdet = logdet + layer[2]
-        return -0.5 * (x * x).sum(1) - self._log_norm + logdet
+                logdet += layer[2]
+        logp = -0.5 * (x * x).sum(1) - self._log_norm + logdet
+        if not with_grad:
+            return logp, None
+        # Reverse pass of log p = -|z|^2 / 2 + sum of the log-scales: dz = -z, and every log-scale gets +1.
+        g = -x
+        for layer in reversed(self.layers):
+            if layer[0] == "coupling":
+                _, n1, _, net1, net2 = layer
+                x1, x2, e2, slope2, e1, slope1 = tape.pop()
+                g1, g2 = g[:, :n1], g[:, n1:]
+                d_s1 = (g2 * x2 * e1 + 1.0) * slope1  # y2 = x2 exp(s1) + t1, s1 = clamp(raw)
+                g1 = g1 + net1.backward(torch.cat([d_s1, g2], dim=1), ws)
+                d_s2 = (g1 * x1 * e2 + 1.0) * slope2
+                g2 = torch.addcmul(net2.backward(torch.cat([d_s2, g1], dim=1), ws), g2, e1)
+                g = torch.cat([g1 * e2, g2], dim=1)
+            else:
+                g = g @ layer[1].t()
+        return logp, g
+
+    def memory_bytes(self) -> int:
+        """Bytes held in reusable buffers between calls (activations of one block, the workspace)."""
+        held = self._workspace.nbytes()
+        for layer in self.layers:
+            if layer[0] == "coupling":
+                for net in layer[3:]:
+                    if net._a1 is not None:
+                        held += (net._a1.numel() + net._a2.numel()) * net._a1.element_size()
+        return held
 
     def release(self) -> None:
-        """Free the pooled activation buffers (they are allocated again on the next call)."""
-        self.pool.clear()
+        """Free the reusable buffers (they are allocated again on the next call)."""
+        self._workspace.clear()
+        for layer in self.layers:
+            if layer[0] == "coupling":
+                layer[3].release()
+                layer[4].release()

@@ -54,15 +54,16 @@ class PatchNR:
     flow: a trained PatchFlow (its weights are frozen during `nll`: R is differentiated in x only,
     never in the weights, whatever their requires_grad). n_patches: N_p per image. seed: the position stream;
     `reset()` rewinds it. chunk_size: if set, the flow runs on chunks of that many patches
-    under activation recomputation, so memory stays bounded for large N_p (one extra forward).
+    under activation recomputation, so memory stays bounded for large N_p (one extra forward); the
+    bfloat16 path is bounded already (see precision) and ignores chunk_size.
     precision: "float32" (default) runs the flow as it is, in its own dtype (float32 for the shipped
     flow; a float64 flow stays float64): exactly the behaviour without this argument. "bfloat16" runs
     the couplings' dense layers (matmuls and ReLUs, forward and backward) in bfloat16 on a snapshot of
     the weights cast once here (later changes to flow's weights are not seen; make a new PatchNR), and
     keeps the patches, affine updates, log-determinant sums and the Gaussian log-density in float32;
-    it keeps about 4 * n_blocks + 1 buffers of (B * N_p) x hidden bfloat16 numbers between calls
-    (0.9 GB at N_p = 40,000 with the shipped flow; `release_memory()` frees them) and allows one
-    backward pass per `nll` call. Worth it only where bfloat16 matmuls are native (AVX-512-BF16 /
+    it computes each patch's gradient with its log-density, in blocks of rows, and keeps the activation
+    buffers of one block between calls (about 180 MB with the shipped flow, whatever N_p;
+    `release_memory()` frees them). Worth it only where bfloat16 matmuls are native (AVX-512-BF16 /
     AMX CPUs, CUDA); elsewhere a RuntimeWarning says so.
     """
 
@@ -116,7 +117,8 @@ class PatchNR:
             return self.flow.log_prob(patches)
 
     def _patch_nll(self, patches: torch.Tensor) -> torch.Tensor:
-        if self.chunk_size is None or patches.shape[0] <= self.chunk_size:
+        # The bfloat16 path holds one block's activations whatever N_p: recomputation would only cost time.
+        if self._low is not None or self.chunk_size is None or patches.shape[0] <= self.chunk_size:
             return -self._log_prob(patches)
         chunks = patches.split(self.chunk_size)
         return torch.cat([_recompute(self._log_prob, c, use_reentrant=False) for c in chunks]).neg()
