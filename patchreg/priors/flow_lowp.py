@@ -84,17 +84,18 @@ def _relu_(t: torch.Tensor) -> torch.Tensor:
 
 class _Workspace:
     """Buffers shared by the subnets of one flow, by (role, columns): the first layer's input
-    [x_hi, x_lo, x_hi, 1, 1, 0...] and the two hidden-size gradients of the reverse pass. A block of
-    fewer rows uses the leading rows (a contiguous view)."""
+    [x_hi, x_lo, x_hi, 1, 1, 0...] and the two hidden-size gradients of the reverse pass. Each grows to
+    the largest block seen (at most block_rows); a block of fewer rows uses the leading rows (a contiguous
+    view)."""
 
-    def __init__(self, rows: int, device):
-        self.rows, self.device = rows, device
+    def __init__(self, device):
+        self.device = device
         self._buffers: dict[tuple, torch.Tensor] = {}
 
     def get(self, key: tuple, cols: int, rows: int, init=None) -> torch.Tensor:
         buf = self._buffers.get(key)
-        if buf is None:
-            buf = torch.empty(self.rows, cols, dtype=LOW_DTYPE, device=self.device)
+        if buf is None or buf.shape[0] < rows:
+            buf = torch.empty(rows, cols, dtype=LOW_DTYPE, device=self.device)
             if init is not None:
                 init(buf)
             self._buffers[key] = buf
@@ -278,7 +279,7 @@ class Bfloat16FlowLogProb:
                 else:
                     raise TypeError(f"the bfloat16 path does not know the flow layer {type(layer).__name__}")
         self._log_norm = 0.5 * self.dim * math.log(2 * math.pi)
-        self._workspace = _Workspace(block_rows, self.device)
+        self._workspace = _Workspace(self.device)
         if not bf16_matmul_is_fast(self.device):
             warnings.warn(
                 "precision='bfloat16': this CPU has no native bfloat16 matmuls (AVX-512-BF16 / AMX), so they are "
