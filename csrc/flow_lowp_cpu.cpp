@@ -1,7 +1,7 @@
 // An elementwise step of PatchNR's bfloat16 flow path (patchreg.priors.flow_lowp) on the CPU: the float32
 // sum of a subnet's output, carried as several bfloat16 parts per value.
 // Reference: patchreg/reference/flow_lowp.py. Tests: tests/test_flow_lowp_ops.py.
-// Benchmarks: bench/bench_flow_lowp.py.
+// Benchmark: bench/bench_flow_lowp.py.
 //
 // Why a kernel: torch converts the bfloat16 parts to a fresh float32 buffer and then sums its column
 // blocks, two passes; here it is one (4.5x faster, bench/bench_flow_lowp.py). A ReLU-gradient kernel
@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
