@@ -1,12 +1,19 @@
-"""EM statistics of the EPLL GMM: the grouped sparse second moments against the dense product they replace.
+"""EM statistics of the EPLL GMM: three ways from the E-step's log-densities to the sufficient statistics.
 
 An EM iteration of `GMM.fit` is the fused log-density of every patch under every component (the E-step)
-and the float64 sufficient statistics sum_n r_nk x_n x_n^T. Until 2026-12-07 the statistics were one dense
-product resp^T (n x K) @ outer (n x d(d+1)/2): for K = 200 and 8x8 patches about 7x the E-step's time.
-Now `_Statistics.add` drops responsibilities <= RESP_FLOOR (1e-12) and sums each component's kept pairs as
-one (sqrt(r) x)^T (sqrt(r) x) product. This bench times both on the same real patches (train400's training
-split, the training path's float32 E-step), side by side in alternating rounds, and compares the M-steps
-they lead to, so the speed-up and what the floor changes come from one run.
+and the float64 sufficient statistics sum_n r_nk, sum_n r_nk x_n, sum_n r_nk x_n x_n^T. The three paths:
+
+- dense (until 2026-12-07): the float64 softmax of all n x K log-densities, then one dense product of the
+  responsibilities with the upper triangle of every patch's outer product; about 7x the E-step for K 200, 8x8.
+- sparse (2026-12-07): the same softmax, then `_Statistics.add`: pairs with r_nk <= RESP_FLOOR (1e-12) dropped,
+  each component's kept pairs summed as one (sqrt(r) x)^T (sqrt(r) x) product.
+- candidates (2026-12-07, later; the training path now): `_Statistics.add_log_densities` picks the pairs that can
+  pass the floor in the log-densities' own dtype and does the softmax, the floor test and the sums in float64 on
+  those only (about 22 of 200 per 8x8 patch), so no dense n x K float64 array is made.
+
+This bench times the three on the same real patches (train400's training split, the training path's float32
+E-step), side by side in alternating rounds, and compares the M-steps they lead to, so the speed-ups and what the
+floor changes come from one run.
 
     python bench/gmm_em_speed.py --gmm bench/results/gmm_k200_p8_it26_twinfree.safetensors pretrained:gmm \
         --out bench/results/gmm_em_speed
@@ -50,22 +57,34 @@ class DenseUpperStatistics(_Statistics):
         self.second[:, cols, rows] += torch.where(rows == cols, 0.0, 1.0).to(upper) * upper
 
 
-def statistics_pass(gmm: GMM, batches: list, stats: _Statistics) -> tuple[_Statistics, float, float, float]:
-    """One E-step over the batches into `stats`: (stats, seconds in the log-density, seconds in add, pairs above
-    RESP_FLOOR per patch)."""
+PATHS = ("dense", "sparse", "candidates")
+
+
+def _softmax_add(stats: _Statistics, x: torch.Tensor, comp: torch.Tensor) -> None:
+    comp = comp.to(torch.float64)
+    loglik = torch.logsumexp(comp, dim=1)
+    stats.add(x, torch.exp(comp - loglik[:, None]), float(loglik.sum()))
+
+
+def statistics_pass(gmm: GMM, batches: list, path: str, resp_floor: float = RESP_FLOOR) -> tuple:
+    """One E-step over the batches by `path`: (stats, seconds in the log-density, seconds from the log-densities to
+    the statistics, pairs above RESP_FLOOR per patch)."""
+    K, d = gmm.n_components, gmm.dim
+    stats = (DenseUpperStatistics if path == "dense" else _Statistics).zeros(K, d, "cpu", resp_floor=resp_floor)
     t_e = t_add = 0.0
     kept = 0
     params = gmm.component_params(dtype=batches[0].dtype)
     for batch in batches:
         x = gmm._prepare(batch)
         start = time.perf_counter()
-        comp = gmm_log_prob(x.contiguous(), *params).to(torch.float64)
-        loglik = torch.logsumexp(comp, dim=1)
-        resp = torch.exp(comp - loglik[:, None])
+        comp = gmm_log_prob(x.contiguous(), *params)
         mid = time.perf_counter()
-        stats.add(x.to(torch.float64), resp, float(loglik.sum()))
+        if path == "candidates":
+            stats.add_log_densities(x.to(torch.float64), comp)
+        else:
+            _softmax_add(stats, x.to(torch.float64), comp)
         t_e, t_add = t_e + mid - start, t_add + time.perf_counter() - mid
-        kept += int((resp > RESP_FLOOR).sum())  # outside the timed parts
+        kept += int((torch.softmax(comp.to(torch.float64), dim=1) > RESP_FLOOR).sum())  # outside the timed parts
     return stats, t_e, t_add, kept / sum(b.shape[0] for b in batches)
 
 
@@ -79,51 +98,62 @@ def m_step(gmm: GMM, stats: _Statistics) -> dict:
 
 def measure(spec: str, n: int, batch: int, rounds: int, seed: int, images) -> dict:
     gmm = GMM.load(resolve(spec))
-    K, d = gmm.n_components, gmm.dim
     patches = PatchSampler(images, gmm.patch_size, 4096, seed=seed).sample(n)
     batches = list(patches.split(batch))
-    times = {"dense": [], "sparse": []}
+    times = {name: [] for name in PATHS}
     e_times = []
-    for r in range(rounds):  # alternate, so a load change on the machine hits both
-        for name in (("dense", "sparse") if r % 2 == 0 else ("sparse", "dense")):
-            cls = DenseUpperStatistics if name == "dense" else _Statistics
-            stats, t_e, t_add, _ = statistics_pass(gmm, batches, cls.zeros(K, d, "cpu"))
+    for r in range(rounds):  # rotate the order, so a load change on the machine hits every path
+        for name in PATHS[r % 3:] + PATHS[:r % 3]:
+            _, t_e, t_add, _ = statistics_pass(gmm, batches, name)
             times[name].append(t_add)
             e_times.append(t_e)
-    dense, _, _, _ = statistics_pass(gmm, batches, DenseUpperStatistics.zeros(K, d, "cpu", resp_floor=0.0))
-    sparse, _, _, kept = statistics_pass(gmm, batches, _Statistics.zeros(K, d, "cpu"))
-    a, b = m_step(gmm, dense), m_step(gmm, sparse)
-    rel = {k: float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a}
+    exact, _, _, _ = statistics_pass(gmm, batches, "dense", resp_floor=0.0)
+    results = {name: statistics_pass(gmm, batches, name) for name in ("sparse", "candidates")}
+    kept = results["candidates"][3]
+    reference = m_step(gmm, exact)
+    rel = {}
+    for name, (stats, *_) in results.items():
+        got = m_step(gmm, stats)
+        rel[name] = {k: float((reference[k] - got[k]).abs().max() / reference[k].abs().max()) for k in got}
     e = statistics.median(e_times)
-    t_dense, t_sparse = statistics.median(times["dense"]), statistics.median(times["sparse"])
-    return dict(checkpoint=spec, patch_size=gmm.patch_size, components=K, patches=n, batch=batch,
-                rounds=rounds, e_step_s=e, dense_stats_s=t_dense, sparse_stats_s=t_sparse,
-                stats_speedup=t_dense / t_sparse, iteration_speedup=(e + t_dense) / (e + t_sparse),
-                pairs_kept_per_patch=kept, mean_loglik_dense=dense.mean_loglik, mean_loglik_sparse=sparse.mean_loglik,
-                m_step_max_rel_diff=rel, per_2m_iteration_s={"dense": (e + t_dense) * 2e6 / n,
-                                                             "sparse": (e + t_sparse) * 2e6 / n})
+    stats_s = {name: statistics.median(times[name]) for name in PATHS}
+    return dict(checkpoint=spec, patch_size=gmm.patch_size, components=gmm.n_components, patches=n, batch=batch,
+                rounds=rounds, e_step_s=e, stats_s=stats_s,
+                stats_speedup={"dense": stats_s["dense"] / stats_s["candidates"],
+                               "sparse": stats_s["sparse"] / stats_s["candidates"]},
+                iteration_speedup={"dense": (e + stats_s["dense"]) / (e + stats_s["candidates"]),
+                                   "sparse": (e + stats_s["sparse"]) / (e + stats_s["candidates"])},
+                pairs_kept_per_patch=kept,
+                mean_loglik={"exact": exact.mean_loglik, **{k: v[0].mean_loglik for k, v in results.items()}},
+                m_step_max_rel_diff=rel,
+                per_2m_iteration_s={name: (e + stats_s[name]) * 2e6 / n for name in PATHS})
 
 
 def write_report(out: Path, rows: list, command: str, threads: int) -> None:
-    lines = ["# EM statistics: grouped sparse second moments against the dense product", "",
+    lines = ["# EM statistics: dense product, sparse pairs, candidate pairs", "",
              f"Command: `{command}` ({threads} thread(s)). Patches: random patches of train400's training split, "
-             "float32 as `patchreg train gmm` streams them; times are medians of alternating rounds over the same "
-             f"batches; the responsibility floor is {RESP_FLOOR:g}.", "",
-             "| checkpoint | p | K | patches | E-step s | statistics s, dense | statistics s, sparse | statistics x | "
-             "iteration x | pairs kept / patch | s per 2M-patch iteration, dense -> sparse | M-step max rel. diff "
-             "(weights, means, covariances) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "float32 as `patchreg train gmm` streams them; times are medians of rounds over the same batches, the "
+             "three paths in rotating order; the responsibility floor is "
+             f"{RESP_FLOOR:g}. E-step: the fused log-density; statistics: from the log-densities to the sums "
+             "(the float64 softmax included for dense and sparse).", "",
+             "| checkpoint | p | K | patches | E-step s | statistics s: dense / sparse / candidates | candidates x "
+             "(vs dense, vs sparse) | iteration x (vs dense, vs sparse) | pairs kept / patch | s per 2M-patch "
+             "iteration: dense / sparse / candidates | M-step max rel. diff to the exact sums (weights, means, "
+             "covariances): sparse; candidates |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        m = r["m_step_max_rel_diff"]
-        it = r["per_2m_iteration_s"]
+        st, it, m = r["stats_s"], r["per_2m_iteration_s"], r["m_step_max_rel_diff"]
+        diffs = "; ".join(", ".join(f"{m[p][k]:.1e}" for k in ("weights", "means", "covariances"))
+                          for p in ("sparse", "candidates"))
         lines.append(f"| {r['checkpoint']} | {r['patch_size']} | {r['components']} | {r['patches']} | "
-                     f"{r['e_step_s']:.2f} | {r['dense_stats_s']:.2f} | {r['sparse_stats_s']:.2f} | "
-                     f"{r['stats_speedup']:.1f} | {r['iteration_speedup']:.1f} | {r['pairs_kept_per_patch']:.1f} | "
-                     f"{it['dense']:.0f} -> {it['sparse']:.0f} | {m['weights']:.1e}, {m['means']:.1e}, "
-                     f"{m['covariances']:.1e} |")
-    lines += ["", "The mean log-likelihood of the pass is the same in both (one E-step); the M-step differences are "
-              "what dropping the responsibilities at most the floor changes, relative to each parameter's largest "
-              "entry."]
+                     f"{r['e_step_s']:.2f} | {st['dense']:.2f} / {st['sparse']:.2f} / {st['candidates']:.2f} | "
+                     f"{r['stats_speedup']['dense']:.1f}, {r['stats_speedup']['sparse']:.1f} | "
+                     f"{r['iteration_speedup']['dense']:.1f}, {r['iteration_speedup']['sparse']:.1f} | "
+                     f"{r['pairs_kept_per_patch']:.1f} | {it['dense']:.0f} / {it['sparse']:.0f} / "
+                     f"{it['candidates']:.0f} | {diffs} |")
+    lines += ["", "The exact sums keep every pair (dense, floor 0). The M-step differences are what the floor and the "
+              "reordered float64 sums change, relative to each parameter's largest entry; the mean log-likelihoods of "
+              "the pass agree to the last digits (JSON)."]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 

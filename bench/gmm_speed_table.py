@@ -8,7 +8,11 @@ machine noise hits all alike; the table gives medians and ratios to the fused pe
 DeepInverse's row (deepinv.optim.utils.GaussianMixtureModel.component_log_likelihoods, same
 weights) runs only when deepinv is installed (a bench-only dependency).
 
-    python bench/gmm_speed_table.py [--rounds 5] [--out bench/results/gmm_op.md]
+The fused op runs its AVX-512 loops where the CPU has them; the rows "AVX2 loops" and "portable loops"
+switch the faster loops off (PATCHREG_DISABLE_AVX512 / PATCHREG_DISABLE_AVX2, read per call), so the gain of
+each instruction set is measured in the same run. --gmm takes another checkpoint (e.g. the 8x8 GMM of the EM).
+
+    python bench/gmm_speed_table.py [--rounds 5] [--gmm CKPT] [--out bench/results/gmm_op.md]
 """
 
 from __future__ import annotations
@@ -37,15 +41,23 @@ CHECKPOINT = ROOT / "bench" / "results" / "gmm_k200_p6.safetensors"
 SIGMA = 25 / 255
 
 
-def portable(fn):
-    """fn run with the AVX2 loops switched off (the kernels read PATCHREG_DISABLE_AVX2 per call)."""
+def switched_off(fn, variable: str):
+    """fn run with the kernels' loops named by `variable` switched off (PATCHREG_DISABLE_AVX512: the AVX2 loops
+    run; PATCHREG_DISABLE_AVX2: the portable ones). The kernels read the variable per call."""
     def run(*args):
-        os.environ["PATCHREG_DISABLE_AVX2"] = "1"
+        os.environ[variable] = "1"
         try:
             return fn(*args)
         finally:
-            os.environ.pop("PATCHREG_DISABLE_AVX2", None)
+            os.environ.pop(variable, None)
     return run
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        return " avx512f " in Path("/proc/cpuinfo").read_text().replace("\n", " ")
+    except OSError:
+        return False
 
 
 def deepinv_model(gmm: GMM, beta: float):
@@ -72,8 +84,14 @@ def contenders(gmm: GMM, image: torch.Tensor) -> dict:
         "fused op, best component only (EPLL z-step)": lambda: ops.gmm_best_component(patches, *params),
         "fused op, mixture log-lik + best": lambda: ops.gmm_mixture_log_prob(patches, *params, False),
         "fused op, mixture log-lik + best + gradient": lambda: ops.gmm_mixture_log_prob(patches, *params, True),
-        "fused op, per-component, portable loops (no AVX2)": portable(
-            lambda: ops.gmm_component_log_prob(patches, *params)
+        "fused op, per-component, AVX2 loops (AVX-512 off)": switched_off(
+            lambda: ops.gmm_component_log_prob(patches, *params), "PATCHREG_DISABLE_AVX512"
+        ),
+        "fused op, mixture log-lik + best + gradient, AVX2 loops (AVX-512 off)": switched_off(
+            lambda: ops.gmm_mixture_log_prob(patches, *params, True), "PATCHREG_DISABLE_AVX512"
+        ),
+        "fused op, per-component, portable loops (no AVX2)": switched_off(
+            lambda: ops.gmm_component_log_prob(patches, *params), "PATCHREG_DISABLE_AVX2"
         ),
         "convolution form (best pure PyTorch, image level)": lambda: ref.gmm_image_component_log_prob(
             image, gmm.patch_size, *params
@@ -105,12 +123,15 @@ def errors_vs_float64(runs: dict, gmm: GMM, image: torch.Tensor) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--gmm", default=str(CHECKPOINT), help="GMM checkpoint (default: the committed 6x6 EPLL GMM)")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "gmm_op.md"))
     args = p.parse_args(argv)
     _extension.load()
     if not gmm_ops.kernels_compiled():
         raise SystemExit("the GMM kernels are not compiled; build the extension first")
-    gmm = GMM.load(CHECKPOINT)
+    if args.rounds < 1:
+        raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
+    gmm = GMM.load(args.gmm)
     image = to_tensor(load_bundled("test")[0])[..., :256, :256].float().contiguous()
     runs = contenders(gmm, image)
     errors, scale = errors_vs_float64(runs, gmm, image)
@@ -123,16 +144,20 @@ def main(argv=None) -> int:
         print(f"round {r + 1}/{args.rounds} done", flush=True)
     med = {name: statistics.median(v) for name, v in times.items()}
     base = med["fused op, per-component log-lik (N, K)"]
-    flops = 2 * 63001 * gmm.n_components * gmm.dim * (gmm.dim + 1) / 2  # triangular solves
+    n_patches = (256 - gmm.patch_size + 1) ** 2
+    flops = 2 * n_patches * gmm.n_components * gmm.dim * (gmm.dim + 1) / 2  # triangular solves
+    command = "python bench/gmm_speed_table.py " + " ".join(sys.argv[1:] if argv is None else argv)
     lines = [
         "# Fused `gmm_log_prob` vs pure PyTorch and DeepInverse (CPU)",
         "",
-        f"Command: `.venv/bin/python bench/gmm_speed_table.py --rounds {args.rounds}`",
+        f"Command: `{command}`",
         "",
         f"Machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; AVX2 loops: {_extension.build_info().get('avx2')}.",
-        f"Case: K = {gmm.n_components}, 6x6 patches (d = 36), the 63001 overlapping patches of a 256x256 "
-        "test photo, float32, the committed EPLL GMM with Sigma_k + I/beta (sigma 25/255). Medians of "
+        f"{torch.get_num_threads()} threads; AVX2 loops: {_extension.build_info().get('avx2')}; AVX-512 loops: "
+        f"{_cpu_has_avx512()} (CPU flag; the op uses them unless PATCHREG_DISABLE_AVX512 is set).",
+        f"Case: K = {gmm.n_components}, {gmm.patch_size}x{gmm.patch_size} patches (d = {gmm.dim}), the {n_patches} "
+        f"overlapping patches of a 256x256 test photo, float32, {Path(args.gmm).name} with Sigma_k + I/beta "
+        "(sigma 25/255). Medians of "
         f"{args.rounds} interleaved rounds. Error: the largest |difference| (nats) of the per-component "
         f"log-likelihoods from a float64 evaluation, first 5000 patches (log-likelihoods reach {scale:.0f} in size).",
         "",

@@ -1,6 +1,7 @@
-// AVX2/FMA inner loops of the CPU GMM kernels (gmm_cpu.cpp), chosen at run time.
-// Implemented in gmm_cpu_avx2.cpp, the only file compiled for AVX2: it includes no ATen or
-// standard-library templates, so no inline function is ever emitted in two instruction sets.
+// AVX2/FMA and AVX-512 inner loops of the CPU GMM kernels (gmm_cpu.cpp), chosen at run time.
+// Implemented in gmm_cpu_avx2.cpp and gmm_cpu_avx512.cpp, the only files compiled for those
+// instruction sets (loops: gmm_simd_loops.h): they include no ATen or standard-library templates,
+// so no inline function is ever emitted in two instruction sets.
 //
 // Layouts (G = ceil(d / 4) groups of 4 columns or rows, padding entries are zero):
 //   xt    (d, 96)       one block of kBlockPatches = 96 patches, transposed;
@@ -36,4 +37,22 @@ void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, in
                     const double* y, const double* scale, const double* weight, double* g);
 
 }  // namespace avx2
+
+// The same loops for AVX-512 (16 floats or 8 doubles a vector), bit-identical to the AVX2 ones.
+namespace avx512_gmm {
+
+// True when this build has the AVX-512 GMM loops, the CPU runs AVX-512F, and neither
+// PATCHREG_DISABLE_AVX512 nor PATCHREG_DISABLE_AVX2 is set to something other than "0".
+bool enabled();
+
+void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
+                   int64_t d, const float* xt, float* y, float* quad);
+void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
+                   int64_t d, const double* xt, double* y, double* quad);
+void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
+                    const float* y, const float* scale, const float* weight, float* g);
+void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
+                    const double* y, const double* scale, const double* weight, double* g);
+
+}  // namespace avx512_gmm
 }  // namespace patchreg

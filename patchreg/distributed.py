@@ -5,9 +5,11 @@ with `torchrun --nproc_per_node N -m patchreg ...` (gloo on CPUs, NCCL on GPUs; 
 through torchrun's rendezvous). Without torchrun's variables every function here describes a world
 of one process, so single-process code paths stay exactly as they were.
 
-Determinism: rank r of a run with seed s draws its patches with `rank_seed(s, r)` (rank 0 keeps s,
-so one process gives the single-process stream), and shards of a list are the strided slices
-`items[r::N]` (`shard`), which do not depend on timing.
+Determinism: rank r of a flow or chart training with seed s draws its patches with `rank_seed(s, r)`
+(rank 0 keeps s, so one process gives the single-process stream); the GMM's EM, whose iterations
+revisit one fixed set of patches, splits the single-process stream itself into strided batches
+(`patchreg.data.RankBatches`), so its patches do not depend on N. Shards of a list are the strided
+slices `items[r::N]` (`shard`), which do not depend on timing.
 """
 
 from __future__ import annotations

@@ -109,6 +109,89 @@ def test_two_ranks_resume_a_gmm_checkpoint(tmp_path):
         assert result["history"] == pytest.approx(reference.history, rel=1e-12)
 
 
+def _sampler(batch_size: int = 64, seed: int = 4):
+    from patchreg.data import PatchSampler
+
+    image = torch.linspace(0, 1, 40 * 36, dtype=torch.float64).reshape(40, 36).sin() + \
+        0.1 * torch.randn(40, 36, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return PatchSampler([image, image.T.contiguous()], 3, batch_size, seed=seed, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_rank_batches_split_the_one_process_stream(world_size):
+    """The ranks' batches, interleaved, are the single-process stream cut at `total` as GMM.fit cuts it."""
+    from patchreg.data import RankBatches
+    from patchreg.priors.gmm import _PatchStream
+
+    total = 5 * 64 + 17  # 6 batches, the last one cut short
+    single = torch.cat(list(_PatchStream(_sampler(), 9, 64, total).epoch()))
+    shares = [RankBatches(_sampler(), total, rank, world_size) for rank in range(world_size)]
+    batches = [list(share) for share in shares]
+    interleaved = [batches[b % world_size][b // world_size] for b in range(6)]
+    assert torch.equal(torch.cat(interleaved), single)
+    assert [share.count for share in shares] == [sum(len(x) for x in mine) for mine in batches]
+    assert sum(share.count for share in shares) == total and sum(len(s) for s in shares) == 6
+    shares[0].reset()  # rewinds: the next pass is the same patches
+    assert torch.equal(torch.cat(list(shares[0])), torch.cat(batches[0]))
+
+
+def test_rank_batches_check_their_arguments():
+    from patchreg.data import RankBatches
+
+    with pytest.raises(ValueError, match=r"rank must lie in \[0, world_size=2\), got 2"):
+        RankBatches(_sampler(), 100, 2, 2)
+    with pytest.raises(ValueError, match="total"):
+        RankBatches(_sampler(), 0)
+
+
+def _train_gmm_cli(folder: str, out: str, iters: int, resume: bool):
+    from patchreg.cli import main
+
+    args = ["train", "gmm", "--images", folder, "--patch-size", "3", "--components", "3", "--patches-per-iter", "2500",
+            "--batch-size", "400", "--iters", str(iters), "--tol", "0", "--seed", "2", "--out", out, "--quiet"]
+    return main(args + (["--resume"] if resume else []))
+
+
+def _gmm_folder(tmp_path) -> str:
+    import imageio.v3 as iio
+    import numpy as np
+
+    from patchreg.data import load_bundled
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    iio.imwrite(folder / "a.png", (load_bundled("train")[0][:80, :80] * 255).astype(np.uint8))
+    return str(folder)
+
+
+def test_gmm_cli_resumes_under_another_number_of_processes(tmp_path):
+    """2 EM iterations in one process, 2 more on 2 ranks: the 4-iteration single-process fit (the ranks see the
+    same patches; only the float64 summation order differs)."""
+    folder = _gmm_folder(tmp_path)
+    reference, resumed = str(tmp_path / "one.safetensors"), str(tmp_path / "mixed.safetensors")
+    assert _train_gmm_cli(folder, reference, 4, False) == 0
+    assert _train_gmm_cli(folder, resumed, 2, False) == 0
+    codes = run_world(_train_gmm_cli, 2, tmp_path, folder, resumed, 4, True)
+    assert codes == [0, 0]
+    a, b = GMM.load(reference), GMM.load(resumed)
+    assert b.hyperparameters["iterations_done"] == 4 and b.hyperparameters["world_size"] == 2
+    assert b.history == pytest.approx(a.history, rel=1e-12)
+    for key in ("weights", "means", "covariances"):
+        torch.testing.assert_close(getattr(b, key), getattr(a, key), rtol=1e-9, atol=1e-12)
+
+
+def test_gmm_cli_needs_a_batch_per_process(tmp_path, monkeypatch, capsys):
+    from patchreg.cli import main
+
+    monkeypatch.setenv("RANK", "0")
+    for name, value in dict(WORLD_SIZE="3", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="1").items():
+        monkeypatch.setenv(name, value)
+    args = ["train", "gmm", "--images", "bundled", "--patches-per-iter", "500", "--batch-size", "400",
+            "--out", str(tmp_path / "g.safetensors")]
+    assert main(args) == 2
+    assert "makes 2 batches of --batch-size 400; every process needs one: at least 3" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- flow: DistributedDataParallel
 class _FixedBatches:
     """A sampler whose k-th draw is rows [k * n, (k + 1) * n) of the given patches (one rank's share)."""

@@ -108,11 +108,29 @@ def test_public_op_gradcheck_wrt_patches():
 # --- compiled kernels vs reference -----------------------------------------------------------
 
 
-@pytest.fixture(params=["avx2", "portable"])
+@pytest.fixture(params=["avx512", "avx2", "portable"])
 def cpu_path(request, monkeypatch):
-    """Runs a test with the AVX2 loops (where the CPU has them) and with the portable loops."""
+    """Runs a test with the AVX-512 and the AVX2 loops (where the CPU has them; otherwise the next path
+    down runs) and with the portable loops."""
     monkeypatch.setenv("PATCHREG_DISABLE_AVX2", "1" if request.param == "portable" else "0")
+    monkeypatch.setenv("PATCHREG_DISABLE_AVX512", "0" if request.param == "avx512" else "1")
     return request.param
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_avx512_and_avx2_loops_agree_bit_for_bit(kernels, monkeypatch, dtype):
+    """The two instruction sets run the same per-lane operations in the same order (gmm_simd_loops.h)."""
+    u, c, mu, _, _ = random_mixture(7, 64, seed=5, triangular=True)
+    x = random_patches(200, 64, seed=6)
+    args = [t.to(dtype) for t in (x, u, c, mu)]
+    g = random_patches(200, 7, seed=8).to(dtype)
+    results = []
+    for off in ("0", "1"):
+        monkeypatch.setenv("PATCHREG_DISABLE_AVX512", off)
+        results.append((kernels.gmm_component_log_prob(*args), *kernels.gmm_mixture_log_prob(*args, True),
+                        kernels.gmm_component_log_prob_backward(g, args[0], args[1], args[3])))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("triangular", [True, False])
@@ -328,6 +346,45 @@ def test_em_statistics_match_dense_sums(resp_floor):
     full = _Statistics.zeros(K, d, "cpu", resp_floor=0.0)
     full.add(x, resp, 0.0)
     assert (full.resp_sum - stats.resp_sum).abs().max() <= n * resp_floor + 1e-12
+
+
+@pytest.mark.parametrize("resp_floor", [0.0, 1e-12])
+@pytest.mark.parametrize("comp_dtype", [torch.float32, F64])
+def test_statistics_from_log_densities_match_dense_softmax(resp_floor, comp_dtype):
+    """`add_log_densities` (the E-step's path: candidates picked in comp's dtype, float64 on them) sums what
+    `add` sums from the dense float64 softmax of the same log-densities, log-likelihood included."""
+    from patchreg.priors.gmm import _Statistics
+
+    g = torch.Generator().manual_seed(4)
+    n, K, d = 900, 11, 6
+    x = torch.randn(n, d, generator=g, dtype=F64)
+    comp = (60 * torch.randn(n, K, generator=g, dtype=F64) - 100).to(comp_dtype)  # sharp rows, far from 0
+    comp[5, :] = comp[5, 0]  # a row of exact ties
+    comp[:, 7] = -torch.inf  # a component of zero weight
+    dense = _Statistics.zeros(K, d, "cpu", resp_floor=resp_floor)
+    fast = _Statistics.zeros(K, d, "cpu", resp_floor=resp_floor)
+    for rows in (slice(0, 400), slice(400, n)):
+        c64 = comp[rows].to(F64)
+        loglik = torch.logsumexp(c64, dim=1)
+        dense.add(x[rows], torch.exp(c64 - loglik[:, None]), float(loglik.sum()))
+        fast.add_log_densities(x[rows], comp[rows])
+    if resp_floor > 0:
+        resp = torch.softmax(comp.to(F64), dim=1)
+        assert ((resp > 0) & (resp <= resp_floor)).sum() > 100, "the case must drop some pairs"
+    assert fast.count == dense.count == n
+    assert fast.loglik_sum == pytest.approx(dense.loglik_sum, rel=1e-13)
+    for name in ("resp_sum", "first", "second"):  # sums and exponents reordered: 1e-11 of the largest entry
+        a, b = getattr(fast, name), getattr(dense, name)
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11 * float(b.abs().max()))
+    assert fast.resp_sum[7] == 0 and fast.resp_sum.sum() == pytest.approx(n, rel=1e-12)
+
+
+def test_statistics_from_log_densities_check_rows():
+    from patchreg.priors.gmm import _Statistics
+
+    stats = _Statistics.zeros(3, 2, "cpu")
+    with pytest.raises(ValueError, match="x has 4 rows but comp has 5"):
+        stats.add_log_densities(torch.zeros(4, 2, dtype=F64), torch.zeros(5, 3))
 
 
 def test_fit_keeps_small_init_clusters_distinct():

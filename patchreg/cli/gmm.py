@@ -13,8 +13,10 @@ def register_train(train_subparsers) -> None:
             "Fit a full-covariance GMM on random patches of gray images. Every EM iteration "
             "streams the same --patches-per-iter patches (rewound sampler) in batches; the model "
             "is saved atomically after each iteration, and --resume continues from --out. "
-            "Several processes: torchrun --nproc_per_node N -m patchreg train gmm ... (gloo; every rank "
-            "streams its own patches, the EM statistics are all-reduced in float64, rank 0 saves)."
+            "Several processes: torchrun --nproc_per_node N -m patchreg train gmm ... (gloo; rank r takes "
+            "batches r, r + N, ... of the one seeded stream, so the patches, and the fit up to the float64 "
+            "summation order, do not depend on N and --resume works under another N; the EM statistics are "
+            "all-reduced in float64, rank 0 saves)."
         ),
     )
     p.add_argument("--images", required=True, help="a folder of png/jpg/tif images, or 'bundled' (train split)")
@@ -40,32 +42,34 @@ def run(args) -> int:
 
     if args.patches_per_iter < 1:
         raise ValueError(f"--patches-per-iter must be >= 1, got {args.patches_per_iter}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    batches, processes = -(-args.patches_per_iter // args.batch_size), distributed.world_from_env().world_size
+    if batches < processes:  # checked before the process group waits for its ranks
+        raise ValueError(f"--patches-per-iter ({args.patches_per_iter}) makes {batches} batches of --batch-size "
+                         f"{args.batch_size}; every process needs one: at least {processes}")
     with distributed.session("cpu") as world:
-        if args.patches_per_iter < world.world_size:
-            raise ValueError(f"--patches-per-iter ({args.patches_per_iter}) must be >= the number of processes "
-                             f"({world.world_size})")
         return _fit(args, world)
 
 
 def _fit(args, world) -> int:
-    """Under torchrun every rank streams its own patches (seed per rank) and fits its share of
-    --patches-per-iter; the EM statistics are all-reduced (see GMM.fit); rank 0 saves and reports."""
+    """Under torchrun every rank fits its batches of the one seeded patch stream (RankBatches); the EM
+    statistics are all-reduced (see GMM.fit); rank 0 saves and reports."""
     import torch
 
-    from ..data import PatchSampler, load_images
-    from ..distributed import rank_seed, split_count
+    from ..data import PatchSampler, RankBatches, load_images
     from ..priors.gmm import GMM
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size,
-                           seed=rank_seed(args.seed, world.rank))
+    sampler = PatchSampler(load_images(args.images), args.patch_size, args.batch_size, seed=args.seed)
+    batches = RankBatches(sampler, args.patches_per_iter, world.rank, world.world_size)
     model = GMM(args.components, args.patch_size, remove_mean=not args.keep_mean)
     start = time.perf_counter()
     model.fit(
-        sampler,
+        batches,
         n_iter=args.iters,
-        patches_per_iter=split_count(args.patches_per_iter, world),
+        patches_per_iter=batches.count,
         batch_size=args.batch_size,
         tol=args.tol,
         covariance_floor=args.covariance_floor,

@@ -16,7 +16,7 @@ from .images import (
 )
 from . import toy_manifolds
 from .natural import NATURAL_SPLITS, load_set12, load_train400, natural_dir, split_names
-from .patch_sampler import PatchSampler
+from .patch_sampler import PatchSampler, RankBatches
 
 __all__ = [
     "BUNDLED_SPLITS",
@@ -24,6 +24,7 @@ __all__ = [
     "NATURAL_SPLITS",
     "VALIDATION_CROP",
     "PatchSampler",
+    "RankBatches",
     "bundled_image",
     "load_bundled",
     "load_folder",

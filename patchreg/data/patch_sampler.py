@@ -20,7 +20,7 @@ from ..ops import extract_patches_at
 from .._checks import check_int
 from .images import to_tensor
 
-__all__ = ["PatchSampler"]
+__all__ = ["PatchSampler", "RankBatches"]
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), half-open pixel rectangle
 
@@ -181,3 +181,39 @@ class PatchSampler:
         if self.num_batches is None:
             raise TypeError("an infinite PatchSampler (num_batches=None) has no length")
         return self.num_batches
+
+
+class RankBatches:
+    """One process's share of a PatchSampler's seeded stream of `total` patches: batches rank, rank + N,
+    rank + 2N, ... (N = world_size) of the one stream that a single process would draw.
+
+    Every rank draws the positions of every batch (cheap), so all ranks step the same generator, and
+    cuts patches only for its own batches; the last batch is cut short at `total`, as `GMM.fit` cuts a
+    single-process stream. The union over the ranks is therefore the single-process stream whatever N is:
+    a fit's patches do not depend on the number of processes, and a checkpoint resumes under another N.
+    `reset` rewinds the stream (GMM.fit calls it before every EM iteration)."""
+
+    def __init__(self, sampler: PatchSampler, total: int, rank: int = 0, world_size: int = 1) -> None:
+        self.sampler = sampler
+        self.total = check_int("total", total, 1)
+        self.world_size = check_int("world_size", world_size, 1)
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank must lie in [0, world_size={self.world_size}), got {rank}")
+        self.rank = int(rank)
+        self.batch_size = sampler.batch_size
+        n_batches = -(-self.total // self.batch_size)
+        mine = range(self.rank, n_batches, self.world_size)
+        self.count = sum(min(self.batch_size, self.total - b * self.batch_size) for b in mine)
+
+    def reset(self) -> None:
+        self.sampler.reset()
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for b in range(-(-self.total // self.batch_size)):
+            image_index, positions = self.sampler.draw_positions(self.batch_size)
+            if b % self.world_size == self.rank:
+                keep = min(self.batch_size, self.total - b * self.batch_size)
+                yield self.sampler.extract(image_index[:keep], positions[:keep])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, -(-self.total // self.batch_size), self.world_size))
