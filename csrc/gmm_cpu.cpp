@@ -103,15 +103,18 @@ struct Mixture {
   SparsityRanges ranges;
   int64_t K, d;
   std::unique_ptr<PackedFactors<T>> packed;  // set when the AVX2 or AVX-512 loops run
-  bool use_avx512 = false;                     // the packed loops' instruction set, read once per call
+  avx2::BlockLoops<T> loops{nullptr, nullptr};  // the packed loops' instruction set, chosen once per call
 
   Mixture(const T* U_, const T* c, const T* mu, int64_t K_, int64_t d_)
       : U(U_), log_const(c), offset(K_ * d_, T(0)), ranges(nonzero_ranges(U_, K_, d_)), K(K_), d(d_) {
     for (int64_t k = 0; k < K; ++k)
       for (int64_t i = 0; i < d; ++i)
         for (int64_t j = 0; j < d; ++j) offset[k * d + j] += U[(k * d + i) * d + j] * mu[k * d + i];
-    use_avx512 = avx512_gmm::enabled();
-    if (use_avx512 || avx2::enabled()) packed = std::make_unique<PackedFactors<T>>(U, offset, ranges, K, d);
+    if (avx512_gmm::enabled())
+      loops = avx512_gmm::loops(T());
+    else if (avx2::enabled())
+      loops = avx2::loops(T());
+    if (loops.project != nullptr) packed = std::make_unique<PackedFactors<T>>(U, offset, ranges, K, d);
   }
 
   // Rows of the per-block buffers y and g: padded to a multiple of 4 for the AVX2 kernels.
@@ -134,13 +137,8 @@ void project(const Mixture<T>& m, int64_t k, const T* xt, T* y, T* quad) {
   const int64_t d = m.d;
   if (m.packed) {
     const auto& p = *m.packed;
-    const auto* cols = p.cols.data() + k * p.G * d * 4;
-    const int32_t *lo = p.clo.data() + k * p.G, *hi = p.chi.data() + k * p.G;
-    const T* off = p.offset.data() + k * p.G * 4;
-    if (m.use_avx512)
-      avx512_gmm::project_block(cols, lo, hi, off, d, xt, y, quad);
-    else
-      avx2::project_block(cols, lo, hi, off, d, xt, y, quad);
+    m.loops.project(p.cols.data() + k * p.G * d * 4, p.clo.data() + k * p.G, p.chi.data() + k * p.G,
+                    p.offset.data() + k * p.G * 4, d, xt, y, quad);
     return;
   }
   const T* u = m.U + k * d * d;
@@ -168,12 +166,8 @@ void accumulate_gradient(const Mixture<T>& m, int64_t k, const T* y, const T* sc
   const int64_t d = m.d;
   if (m.packed) {
     const auto& p = *m.packed;
-    const auto* rows = p.rows.data() + k * p.G * d * 4;
-    const int32_t *lo = p.rlo.data() + k * p.G, *hi = p.rhi.data() + k * p.G;
-    if (m.use_avx512)
-      avx512_gmm::gradient_block(rows, lo, hi, d, y, scale, weight, g);
-    else
-      avx2::gradient_block(rows, lo, hi, d, y, scale, weight, g);
+    m.loops.gradient(p.rows.data() + k * p.G * d * 4, p.rlo.data() + k * p.G, p.rhi.data() + k * p.G, d, y,
+                     scale, weight, g);
     return;
   }
   const T* u = m.U + k * d * d;

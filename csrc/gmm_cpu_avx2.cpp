@@ -44,38 +44,22 @@ constexpr int64_t kVec = 3;
 
 }  // namespace
 
-void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
-                   int64_t d, const float* xt, float* y, float* quad) {
-  gmm_simd::project_impl<F32, kVec>(cols, lo, hi, off, d, xt, y, quad);
+avx2::BlockLoops<float> loops(float) {
+  return {&gmm_simd::project_impl<F32, kVec>, &gmm_simd::gradient_impl<F32, kVec>};
 }
-void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
-                   int64_t d, const double* xt, double* y, double* quad) {
-  gmm_simd::project_impl<F64, kVec>(cols, lo, hi, off, d, xt, y, quad);
-}
-void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const float* y, const float* scale, const float* weight, float* g) {
-  gmm_simd::gradient_impl<F32, kVec>(rows, lo, hi, d, y, scale, weight, g);
-}
-void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const double* y, const double* scale, const double* weight, double* g) {
-  gmm_simd::gradient_impl<F64, kVec>(rows, lo, hi, d, y, scale, weight, g);
+avx2::BlockLoops<double> loops(double) {
+  return {&gmm_simd::project_impl<F64, kVec>, &gmm_simd::gradient_impl<F64, kVec>};
 }
 
 }  // namespace avx2
 }  // namespace patchreg
 
-#else  // no AVX2 kernels in this build: enabled() is false, so these are never called.
+#else  // no such loops in this build: enabled() is false and the loops are null.
 
 namespace patchreg {
 namespace avx2 {
-void project_block(const float*, const int32_t*, const int32_t*, const float*, int64_t,
-                   const float*, float*, float*) {}
-void project_block(const double*, const int32_t*, const int32_t*, const double*, int64_t,
-                   const double*, double*, double*) {}
-void gradient_block(const float*, const int32_t*, const int32_t*, int64_t, const float*,
-                    const float*, const float*, float*) {}
-void gradient_block(const double*, const int32_t*, const int32_t*, int64_t, const double*,
-                    const double*, const double*, double*) {}
+avx2::BlockLoops<float> loops(float) { return {nullptr, nullptr}; }
+avx2::BlockLoops<double> loops(double) { return {nullptr, nullptr}; }
 }  // namespace avx2
 }  // namespace patchreg
 

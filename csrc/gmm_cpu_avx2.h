@@ -24,17 +24,22 @@ constexpr int64_t kBlockPatches = 96;
 // variable PATCHREG_DISABLE_AVX2 is unset or "0" (tests use it to run the portable loops).
 bool enabled();
 
-// quad[n] = ||U^T (x_n - mu)||^2 for the 64 patches of the block; y (nullable) receives U^T (x - mu).
-void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
-                   int64_t d, const float* xt, float* y, float* quad);
-void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
-                   int64_t d, const double* xt, double* y, double* quad);
+// The loops of one instruction set for one dtype T, as function pointers (gmm_cpu.cpp picks a set
+// once per call of an op):
+//   project:  quad[n] = ||U^T (x_n - mu)||^2 for the kBlockPatches patches of the block; y
+//             (nullable) receives U^T (x - mu);
+//   gradient: g[i][n] = g[i][n] * scale[n] + weight[n] * (-(U y)[i][n]); scale == nullptr: no rescaling.
+template <typename T>
+struct BlockLoops {
+  void (*project)(const T* cols, const int32_t* lo, const int32_t* hi, const T* off, int64_t d, const T* xt,
+                  T* y, T* quad);
+  void (*gradient)(const T* rows, const int32_t* lo, const int32_t* hi, int64_t d, const T* y, const T* scale,
+                   const T* weight, T* g);
+};
 
-// g[i][n] = g[i][n] * scale[n] + weight[n] * (-(U y)[i][n]); scale == nullptr: no rescaling.
-void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const float* y, const float* scale, const float* weight, float* g);
-void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const double* y, const double* scale, const double* weight, double* g);
+// The AVX2 loops (T picks the dtype; the argument's value is unused).
+BlockLoops<float> loops(float);
+BlockLoops<double> loops(double);
 
 }  // namespace avx2
 
@@ -45,14 +50,8 @@ namespace avx512_gmm {
 // PATCHREG_DISABLE_AVX512 nor PATCHREG_DISABLE_AVX2 is set to something other than "0".
 bool enabled();
 
-void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
-                   int64_t d, const float* xt, float* y, float* quad);
-void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
-                   int64_t d, const double* xt, double* y, double* quad);
-void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const float* y, const float* scale, const float* weight, float* g);
-void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const double* y, const double* scale, const double* weight, double* g);
+avx2::BlockLoops<float> loops(float);
+avx2::BlockLoops<double> loops(double);
 
 }  // namespace avx512_gmm
 }  // namespace patchreg

@@ -1,8 +1,7 @@
 // AVX-512 inner loops of the CPU GMM kernels: gmm_simd_loops.h compiled for AVX-512F, chosen at
-// run time by avx512_gmm::enabled() before the AVX2 twin (gmm_cpu_avx2.cpp). 3 vectors of 16
-// floats (8 doubles) x 4 columns of U: 12 accumulators of the 32 registers, twice the lanes per FMA
-// of AVX2. Everything after the target pragma is compiled for AVX-512 and only reached when
-// enabled() is true; enabled() itself comes before the pragma so it runs on any x86-64 CPU.
+// run time by avx512_gmm::enabled() before the AVX2 twin (gmm_cpu_avx2.cpp).
+// Everything after the target pragma is compiled for AVX-512 and only reached when enabled() is true;
+// enabled() itself comes before the pragma so it runs on any x86-64 CPU.
 #include "gmm_cpu_avx2.h"
 
 #include "env_switch.h"
@@ -18,7 +17,7 @@ bool enabled() {
 #ifdef PATCHREG_HAVE_GMM_AVX512
   static const bool cpu = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
                           __builtin_cpu_supports("fma");
-  // PATCHREG_DISABLE_AVX2 switches off every vector kernel (the tests' portable runs).
+  // PATCHREG_DISABLE_AVX2 switches off every vector loop (the tests' portable runs).
   return cpu && !switched_off("PATCHREG_DISABLE_AVX512") && !switched_off("PATCHREG_DISABLE_AVX2");
 #else
   return false;
@@ -44,42 +43,28 @@ namespace {
 using avx512_vec::F32;
 using avx512_vec::F64;
 
+// 3 vectors of 16 floats (8 doubles) x 4 columns of U: 12 accumulators of the 32 registers, twice the
+// lanes per FMA of AVX2.
 constexpr int64_t kVec = 3;
 
 }  // namespace
 
-void project_block(const float* cols, const int32_t* lo, const int32_t* hi, const float* off,
-                   int64_t d, const float* xt, float* y, float* quad) {
-  gmm_simd::project_impl<F32, kVec>(cols, lo, hi, off, d, xt, y, quad);
+avx2::BlockLoops<float> loops(float) {
+  return {&gmm_simd::project_impl<F32, kVec>, &gmm_simd::gradient_impl<F32, kVec>};
 }
-void project_block(const double* cols, const int32_t* lo, const int32_t* hi, const double* off,
-                   int64_t d, const double* xt, double* y, double* quad) {
-  gmm_simd::project_impl<F64, kVec>(cols, lo, hi, off, d, xt, y, quad);
-}
-void gradient_block(const float* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const float* y, const float* scale, const float* weight, float* g) {
-  gmm_simd::gradient_impl<F32, kVec>(rows, lo, hi, d, y, scale, weight, g);
-}
-void gradient_block(const double* rows, const int32_t* lo, const int32_t* hi, int64_t d,
-                    const double* y, const double* scale, const double* weight, double* g) {
-  gmm_simd::gradient_impl<F64, kVec>(rows, lo, hi, d, y, scale, weight, g);
+avx2::BlockLoops<double> loops(double) {
+  return {&gmm_simd::project_impl<F64, kVec>, &gmm_simd::gradient_impl<F64, kVec>};
 }
 
 }  // namespace avx512_gmm
 }  // namespace patchreg
 
-#else  // no AVX-512 loops in this build: enabled() is false, so these are never called.
+#else  // no such loops in this build: enabled() is false and the loops are null.
 
 namespace patchreg {
 namespace avx512_gmm {
-void project_block(const float*, const int32_t*, const int32_t*, const float*, int64_t,
-                   const float*, float*, float*) {}
-void project_block(const double*, const int32_t*, const int32_t*, const double*, int64_t,
-                   const double*, double*, double*) {}
-void gradient_block(const float*, const int32_t*, const int32_t*, int64_t, const float*,
-                    const float*, const float*, float*) {}
-void gradient_block(const double*, const int32_t*, const int32_t*, int64_t, const double*,
-                    const double*, const double*, double*) {}
+avx2::BlockLoops<float> loops(float) { return {nullptr, nullptr}; }
+avx2::BlockLoops<double> loops(double) { return {nullptr, nullptr}; }
 }  // namespace avx512_gmm
 }  // namespace patchreg
 
