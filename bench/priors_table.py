@@ -339,7 +339,9 @@ def write_report(out: Path, args, argv, cells: dict) -> None:
     lines = ["# Set12: patch priors trained on train400 (training split)", "",
              f"Cells from {out.with_suffix('.jsonl').name}, appended by successive runs (each row stores the "
              f"settings it depends on; rows without them: float64, top 2 pairs). Last command: `{command}`", "",
-             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads.",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+             + ("of the report only (the cells ran in earlier calls, their threads are in RESULTS.md)."
+                if args.report_only else f"{torch.get_num_threads()} threads."),
              "PSNR on the full image after clipping to [0, 1]; time and peak RSS of the reconstruction alone.", "",
              "## Means over the images of each cell", "",
              "Paired: the mean over the images that every prior of the task has (the fair comparison when a",
