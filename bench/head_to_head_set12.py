@@ -66,7 +66,26 @@ SOURCES = (
     Source("BM3D", "priors_set12.jsonl", "bm3d", DENOISE + ("deblur",),
            note="the bm3d package (bm3d.bm3d, bm3d.bm3d_deblurring) at the true noise level"),
 )
-CONTENDERS = tuple(dict.fromkeys(s.contender for s in SOURCES))
+# The issue's second CT test image: the Shepp-Logan phantom on the 256x256 CT grid (bench/priors_table.py --test-set
+# phantom), the same settings as on Set12; PatchNR on the CPU in bfloat16 (0.01 dB from float32 on validation).
+PHANTOM_SOURCES = (
+    Source("EPLL 6x6", "priors_phantom_ct.jsonl", "epll", ("ct_lowdose", "ct_limited"), note="as on Set12"),
+    Source("chart prior", "priors_phantom_ct.jsonl", "charts", ("ct_lowdose", "ct_limited"),
+           settings=(("precision", "float32"), ("top_charts", 1)), note="as on Set12"),
+    Source("PatchNR", "priors_phantom_ct_patchnr.jsonl", "patchnr", ("ct_lowdose",), settings=(("n_patches", 40000),),
+           note="the paper's settings (40,000 patches x 300 iterations), weight scale 0.3 as on Set12; the CPU, bfloat16"),
+    Source("PatchNR", "priors_phantom_ct_patchnr_paper.jsonl", "patchnr", ("ct_limited",),
+           settings=(("n_patches", 40000),),
+           note="the paper's settings (40,000 patches x 3,000 iterations), weight scale 0.3 as on Set12; the CPU, bfloat16"),
+)
+TEST_SETS = {"Set12": SOURCES, "Shepp-Logan phantom (CT)": PHANTOM_SOURCES}
+
+
+def contenders_of(sources) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s.contender for s in sources))
+
+
+CONTENDERS = contenders_of(SOURCES)
 
 
 def load_cells(sources=SOURCES, root: Path = RESULTS) -> dict:
@@ -102,8 +121,10 @@ def check_same_problems(table: dict) -> None:
     """Paired cells must have reconstructed the same problem: the same noise seed and image size."""
     for task in TASKS:
         seen: dict = {}
-        for contender in CONTENDERS:
-            for image, cell in table.get((task, contender), {}).items():
+        for (cell_task, _), cells in table.items():
+            if cell_task != task:
+                continue
+            for image, cell in cells.items():
                 key = (cell.get("seed"), tuple(cell.get("size", ())))
                 first = seen.setdefault(image, (key, cell["_source"]))
                 if first[0] != key:
@@ -122,11 +143,12 @@ def paired(a: dict, b: dict, field: str = "psnr"):
     return dict(mean=mean, se=se, better=sum(d > 0 for d in diffs), n=len(images))
 
 
-def summarize(table: dict) -> dict:
+def summarize(table: dict, contenders=None) -> dict:
+    contenders = contenders or tuple(dict.fromkeys(c for _, c in table))
     out = {}
-    for task in TASKS:
+    for task in [t for t in TASKS if any(k[0] == t for k in table)]:
         row = {}
-        for contender in CONTENDERS:
+        for contender in contenders:
             cells = table.get((task, contender))
             if not cells:
                 continue
@@ -160,17 +182,27 @@ def winner(row: dict) -> str | None:
     return max(complete, key=lambda c: complete[c]["psnr"]) if complete else None
 
 
-def write_report(out: Path, summary: dict, argv: list[str]) -> None:
+def write_report(out: Path, results: dict, argv: list[str]) -> None:
+    """results: {test set title: (summary, sources)}; one block of tables per test set."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = CONTENDERS
     lines = ["# Set12 head-to-head: every contender at its best (issue 11)", "",
              f"Command: `python bench/head_to_head_set12.py {shlex.join(argv)}`. The cells were measured by the "
              "runs named under Sources; this table only pairs them (same seeded noise and image size, checked). "
              "PSNR in dB on the full image after clipping to [0, 1]; the 12 Set12 images (seven 256x256, five "
-             "512x512; CT on the images resized to 256x256). Means are over each contender's own images (n: how many, "
-             "when fewer than 12); the winner is the best mean among the contenders that have every image; the paired "
-             "table compares on the images both have.", "",
-             "## Mean PSNR (best in bold)", "",
+             "512x512; CT on the images resized to 256x256) and, for CT, the Shepp-Logan phantom on the same grid. "
+             "Means are over each contender's own images (n: how many, when fewer than the test set has); the winner "
+             "is the best mean among the contenders that have every image; the paired table compares on the images "
+             "both have.", ""]
+    for title, (summary, sources) in results.items():
+        lines += test_set_tables(title, summary, sources)
+    out.with_suffix(".md").write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps({t: s for t, (s, _) in results.items()}, indent=1))
+
+
+def test_set_tables(title: str, summary: dict, sources) -> list[str]:
+    names = [c for c in contenders_of(sources) if any(c in row for row in summary.values())]
+    full = max((r["n"] for row in summary.values() for r in row.values()), default=0)
+    lines = [f"## {title}: mean PSNR (best in bold)", "",
              "| task | " + " | ".join(names) + " | winner |", "|---|" + "---|" * (len(names) + 1)]
     for task, row in summary.items():
         best = winner(row)
@@ -179,28 +211,30 @@ def write_report(out: Path, summary: dict, argv: list[str]) -> None:
             if c not in row:
                 cells.append("-")
                 continue
-            text = f"{row[c]['psnr']:.2f}" + ("" if row[c]["n"] == 12 else f" (n {row[c]['n']})")
+            text = f"{row[c]['psnr']:.2f}" + ("" if row[c]["n"] == full else f" (n {row[c]['n']})")
             cells.append(f"**{text}**" if c == best else text)
         lines.append(f"| {TASK_NAMES[task]} | " + " | ".join(cells) + f" | {best} |")
-    lines += ["", f"## Paired difference to {BASELINE} (dB, mean +- standard error, images better)", "",
-              "| task | " + " | ".join(c for c in names if c != BASELINE) + " |", "|---|" + "---|" * (len(names) - 1)]
+    others = [c for c in names if c != BASELINE]
+    lines += ["", f"## {title}: paired difference to {BASELINE} (dB, mean +- standard error, images better)", "",
+              "| task | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
     for task, row in summary.items():
         cells = []
-        for c in names:
-            if c == BASELINE:
-                continue
+        for c in others:
             d = row.get(c, {}).get("vs_baseline")
-            cells.append("-" if d is None else f"{d['mean']:+.2f} +-{d['se']:.2f} ({d['better']}/{d['n']})")
+            if d is None:
+                cells.append("-")
+            else:
+                se = f" +-{d['se']:.2f}" if d["n"] > 1 else ""
+                cells.append(f"{d['mean']:+.2f}{se} ({d['better']}/{d['n']})")
         lines.append(f"| {TASK_NAMES[task]} | " + " | ".join(cells) + " |")
-    lines += ["", "## Mean SSIM (scikit-image)", "", "| task | " + " | ".join(names) + " |",
+    lines += ["", f"## {title}: mean SSIM (scikit-image)", "", "| task | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for task, row in summary.items():
         lines.append(f"| {TASK_NAMES[task]} | " + " | ".join(
             f"{row[c]['ssim']:.4f}" if c in row else "-" for c in names) + " |")
-    lines += ["", "## Time per image (median s, 256x256 / 512x512)", "",
-              "Measured where each source ran: EPLL, the chart prior and BM3D on a 2-core CPU (1-2 threads, other jobs "
-              "beside them in some runs); PatchNR on an H200, except limited-angle CT (the same CPU, bfloat16). "
-              "Compare within a column, not across devices.", "",
+    lines += ["", f"## {title}: time per image (median s, 256x256 / 512x512)", "",
+              "Measured where each source ran (Sources): the CPU cells on a 2-core CPU at 1-2 threads, with other jobs "
+              "beside them in some runs; the GPU cells on an H200. Compare within a column, not across devices.", "",
               "| task | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for task, row in summary.items():
         cells = []
@@ -211,11 +245,11 @@ def write_report(out: Path, summary: dict, argv: list[str]) -> None:
             t = row[c]["seconds_median"]
             cells.append(" / ".join(f"{t[s]:.1f}" if s in t else "-" for s in ("256", "512")))
         lines.append(f"| {TASK_NAMES[task]} | " + " | ".join(cells) + " |")
-    lines += ["", "## Sources", ""]
+    lines += ["", f"## {title}: sources", ""]
     lines += [f"- **{s.contender}**, {', '.join(s.tasks)}: `bench/results/{s.file}`"
               + (f" (cells with {', '.join(f'{k} = {v}' for k, v in s.settings)})" if s.settings else "")
-              + f". {s.note}" for s in SOURCES]
-    lines += ["", "## Per image (PSNR dB)", ""]
+              + f". {s.note}" for s in sources]
+    lines += ["", f"## {title}: per image (PSNR dB)", ""]
     for task, row in summary.items():
         images = sorted({i for r in row.values() for i in r["per_image"]})
         lines += [f"### {TASK_NAMES[task]}", "", "| image | " + " | ".join(c for c in names if c in row) + " |",
@@ -224,8 +258,7 @@ def write_report(out: Path, summary: dict, argv: list[str]) -> None:
             lines.append(f"| {i} | " + " | ".join(
                 f"{row[c]['per_image'][i]:.2f}" if i in row[c]["per_image"] else "-" for c in names if c in row) + " |")
         lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines))
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
+    return lines
 
 
 def main(argv=None) -> int:
@@ -234,11 +267,18 @@ def main(argv=None) -> int:
     ap.add_argument("--results", default=str(RESULTS), help="folder of the source .jsonl files")
     ap.add_argument("--out", default=str(RESULTS / "head_to_head_set12"))
     args = ap.parse_args(argv)
-    summary = summarize(load_cells(root=Path(args.results)))
-    write_report(Path(args.out), summary, argv)
-    for task, row in summary.items():
-        print(f"{task:10s} " + "  ".join(f"{c} {r['psnr']:.2f} ({r['n']})" for c, r in row.items())
-              + f"  -> {winner(row)}")
+    root = Path(args.results)
+    results = {}
+    for title, sources in TEST_SETS.items():
+        if title != "Set12" and not all((root / s.file).exists() for s in sources):
+            print(f"{title}: skipped, a source file is missing")  # the optional test sets may not be run yet
+            continue
+        results[title] = (summarize(load_cells(sources, root=root), contenders_of(sources)), sources)
+    write_report(Path(args.out), results, argv)
+    for title, (summary, _) in results.items():
+        for task, row in summary.items():
+            print(f"{title[:6]:6s} {task:10s} " + "  ".join(f"{c} {r['psnr']:.2f} ({r['n']})" for c, r in row.items())
+                  + f"  -> {winner(row)}")
     return 0
 
 

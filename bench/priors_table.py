@@ -29,6 +29,10 @@ scikit-image; wall time and peak resident memory of the reconstruction (patchreg
 sampled RSS, same process).
 
     python bench/priors_table.py --tasks denoise25 --priors epll charts bm3d --out bench/results/priors_set12
+    python bench/priors_table.py --test-set phantom --tasks ct_lowdose ct_limited --priors epll charts \
+        --out bench/results/priors_phantom_ct
+--test-set phantom: the Shepp-Logan phantom at --ct-size (patchreg.physics.shepp_logan), CT tasks only, noise seed
+--seed (its image index is 0).
 Every finished cell is appended to OUT.jsonl at once; a rerun skips the cells already there.
 Writes OUT.md (means per task and prior, then per image) and OUT_TASK.png figure grids.
 """
@@ -59,6 +63,7 @@ from patchreg.priors.task_defaults import hqs_betas, hqs_lam, patchnr_settings, 
 
 TASKS = ("denoise15", "denoise25", "denoise50", "deblur", "sr2", "sr4", "ct_limited", "ct_lowdose", "inpaint")
 PRIORS = ("epll", "charts", "charts_lbfgs", "patchnr", "bm3d")
+TEST_SETS = ("set12", "phantom")
 CT_NOISE = 0.5
 LOWDOSE_PHOTONS = 4096.0
 
@@ -71,6 +76,23 @@ def prepare_clean(task: str, clean: torch.Tensor, ct_size: int) -> torch.Tensor:
 
     small = resize(clean[0, 0].double().numpy(), (ct_size, ct_size), anti_aliasing=True)
     return torch.from_numpy(small).to(clean.dtype)[None, None]
+
+
+def load_test_images(test_set: str, ct_size: int) -> tuple[list, list[str]]:
+    """(images in [0, 1], file names) of a test set: Set12, or the Shepp-Logan phantom on the CT grid."""
+    if test_set == "set12":
+        return load_set12(with_names=True)
+    return [physics.shepp_logan(ct_size)], ["shepp_logan.png"]
+
+
+def check_selection(args, n_images: int) -> None:
+    """Refuse a task or image index the test set does not have, before anything runs."""
+    if args.test_set == "phantom" and any(not t.startswith("ct_") for t in args.tasks):
+        raise SystemExit(f"--test-set phantom takes the CT tasks only (ct_limited, ct_lowdose), got --tasks "
+                         f"{' '.join(args.tasks)}")
+    bad = [i for i in (args.images or []) if not 0 <= i < n_images]
+    if bad:
+        raise SystemExit(f"--images must be indices in [0, {n_images - 1}] for --test-set {args.test_set}, got {bad}")
 
 
 def make_problem(task: str, clean: torch.Tensor, seed: int):
@@ -235,7 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", nargs="+", default=["denoise15", "denoise25", "denoise50"], choices=TASKS)
     ap.add_argument("--priors", nargs="+", default=["epll", "charts", "bm3d"], choices=PRIORS)
-    ap.add_argument("--images", type=int, nargs="*", default=None, help="Set12 indices (0-11); default all")
+    ap.add_argument("--test-set", choices=TEST_SETS, default="set12",
+                    help="set12, or phantom: the Shepp-Logan phantom on the CT grid (CT tasks only)")
+    ap.add_argument("--images", type=int, nargs="*", default=None,
+                    help="indices into the test set (Set12: 0-11, phantom: 0); default all")
     ap.add_argument("--gmm", default="pretrained:gmm")
     ap.add_argument("--charts", default="pretrained:charts")
     ap.add_argument("--flow", default="pretrained:flow")
@@ -278,7 +303,8 @@ def main(argv=None) -> int:
     if args.report_only:
         write_report(out, args, argv, cells)
         return 0
-    images, names = load_set12(with_names=True)
+    images, names = load_test_images(args.test_set, args.ct_size)
+    check_selection(args, len(images))
     indices = range(len(images)) if args.images is None else args.images
     runners = Runners(args)
     estimates = {}
