@@ -39,6 +39,7 @@ class Source:
     tasks: tuple[str, ...]
     settings: tuple[tuple[str, object], ...] = ()  # items each cell's settings must hold
     note: str = ""
+    model_flags: tuple[str, ...] = ()  # bench/priors_table.py flags naming the model, when not the shipped one
 
 
 SOURCES = (
@@ -47,7 +48,7 @@ SOURCES = (
                 "denoising, the schedules of patchreg.priors.task_defaults elsewhere (RESULTS: 'Twin GMM components')"),
     Source("EPLL 8x8", "priors_set12_epll8_twinfree.jsonl", "epll", DENOISE,
            note="K 200, 26 EM iterations: validation's pick over the converged 374-iteration fit (RESULTS: 'The 8x8 fit "
-                "converged')"),
+                "converged')", model_flags=("--gmm", "bench/results/gmm_k200_p8_it26_twinfree.safetensors")),
     Source("chart prior", "priors_set12.jsonl", "charts", ("denoise15", "denoise50", "sr4", "ct_lowdose"),
            settings=(("precision", "float32"), ("top_charts", 1)),
            note="HQS, 1 (chart, scale) pair per patch, the shipped chart mixture; six-factor schedules, which validation "
@@ -74,9 +75,8 @@ PHANTOM_SOURCES = (
            settings=(("precision", "float32"), ("top_charts", 1)), note="as on Set12"),
     Source("PatchNR", "priors_phantom_ct_patchnr.jsonl", "patchnr", ("ct_lowdose",), settings=(("n_patches", 40000),),
            note="the paper's settings (40,000 patches x 300 iterations), weight scale 0.3 as on Set12; the CPU, bfloat16"),
-    Source("PatchNR", "priors_phantom_ct_patchnr_paper.jsonl", "patchnr", ("ct_limited",),
-           settings=(("n_patches", 40000),),
-           note="the paper's settings (40,000 patches x 3,000 iterations), weight scale 0.3 as on Set12; the CPU, bfloat16"),
+    Source("PatchNR", "priors_phantom_ct_patchnr.jsonl", "patchnr", ("ct_limited",), settings=(("n_patches", 2000),),
+           note="the CPU protocol as on Set12: 2,000 patches x 3,000 iterations, weight scale 0.3; bfloat16"),
 )
 TEST_SETS = {"Set12": SOURCES, "Shepp-Logan phantom (CT)": PHANTOM_SOURCES}
 
@@ -248,7 +248,7 @@ def test_set_tables(title: str, summary: dict, sources) -> list[str]:
     lines += ["", f"## {title}: sources", ""]
     lines += [f"- **{s.contender}**, {', '.join(s.tasks)}: `bench/results/{s.file}`"
               + (f" (cells with {', '.join(f'{k} = {v}' for k, v in s.settings)})" if s.settings else "")
-              + f". {s.note}" for s in sources]
+              + f". {s.note[:1].upper() + s.note[1:]}" for s in sources]
     lines += ["", f"## {title}: per image (PSNR dB)", ""]
     for task, row in summary.items():
         images = sorted({i for r in row.values() for i in r["per_image"]})
