@@ -76,3 +76,23 @@ def test_one_image_pairs_without_a_standard_error(tmp_path):
     summary = bench.summarize(table)
     lines = bench.test_set_tables("phantom", summary, SOURCES)
     assert "| denoise sigma 25 | -1.00 (0/1) |" in lines
+
+
+def test_figure_flags_reproduce_every_cpu_cells_settings():
+    """bench/head_to_head_figures.py reruns a cell from the flags rerun_flags builds; parsed by priors_table, they
+    must give back the settings the cell stored (the GPU cells' device and card are what a CPU rerun changes)."""
+    import head_to_head_figures as figures
+    import priors_table
+
+    table = bench.load_cells()
+    checked = 0
+    for (task, contender), cells in table.items():
+        source = figures.source_of(contender, task)
+        for cell in cells.values():
+            if (cell.get("settings") or {}).get("device") == "cuda":
+                continue
+            args = priors_table.build_parser().parse_args(figures.rerun_flags(cell, source, "cpu", "bfloat16"))
+            stored = {k: v for k, v in (cell.get("settings") or {}).items() if k != "tuned_on"}
+            assert priors_table.cell_settings(cell["prior"], args, task) == stored, (task, contender, cell["image"])
+            checked += 1
+    assert checked >= 12 * 5
