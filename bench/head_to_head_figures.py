@@ -16,6 +16,7 @@ and OUT.md (each panel's PSNR beside its table cell).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import sys
@@ -61,14 +62,21 @@ def source_of(contender: str, task: str) -> h2h.Source:
     return next(s for s in h2h.SOURCES if s.contender == contender and task in s.tasks)
 
 
+@functools.lru_cache(maxsize=None)
+def runners_for(flags: tuple[str, ...]) -> "priors_table.Runners":
+    """One priors_table.Runners per setting, so its models load once for all the tasks that share it."""
+    run_args = priors_table.build_parser().parse_args(list(flags))
+    priors_table.configure_device(run_args)
+    return priors_table.Runners(run_args)
+
+
 def reconstruct(task, contender, cell, source, op, y, sigma, args, cache: Path) -> tuple[torch.Tensor, float]:
     path = cache / f"{task}_{contender.replace(' ', '_')}.npy"
     if path.exists():
         return torch.from_numpy(np.load(path))[None, None], float("nan")
-    run_args = priors_table.build_parser().parse_args(rerun_flags(cell, source, args.device, args.flow_precision))
-    priors_table.configure_device(run_args)
+    runners = runners_for(tuple(rerun_flags(cell, source, args.device, args.flow_precision)))
     start = time.perf_counter()
-    x = getattr(priors_table.Runners(run_args), cell["prior"])(task, op, y, sigma).clamp(0, 1)
+    x = getattr(runners, cell["prior"])(task, op, y, sigma).clamp(0, 1)
     seconds = time.perf_counter() - start
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, x[0, 0].double().numpy())

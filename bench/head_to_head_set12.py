@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,9 +139,8 @@ def paired(a: dict, b: dict, field: str = "psnr"):
     if not images:
         return None
     diffs = [a[i][field] - b[i][field] for i in images]
-    mean = sum(diffs) / len(diffs)
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) if len(diffs) > 1 else float("nan")
-    return dict(mean=mean, se=se, better=sum(d > 0 for d in diffs), n=len(images))
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return dict(mean=statistics.fmean(diffs), se=se, better=sum(d > 0 for d in diffs), n=len(images))
 
 
 def summarize(table: dict, contenders=None) -> dict:
@@ -157,7 +157,7 @@ def summarize(table: dict, contenders=None) -> dict:
                 by_size.setdefault(max(cell["size"]), []).append(cell["seconds"])
             row[contender] = dict(
                 n=len(cells), psnr=mean_of(cells, "psnr"), ssim=mean_of(cells, "ssim"),
-                seconds_median={str(s): median(v) for s, v in sorted(by_size.items())},
+                seconds_median={str(s): statistics.median(v) for s, v in sorted(by_size.items())},
                 sources=sorted({c["_source"] for c in cells.values()}),
                 per_image={i: cells[i]["psnr"] for i in sorted(cells)},
                 vs_baseline=None if contender == BASELINE or (task, BASELINE) not in table
@@ -167,12 +167,7 @@ def summarize(table: dict, contenders=None) -> dict:
 
 
 def mean_of(cells: dict, field: str) -> float:
-    return sum(c[field] for c in cells.values()) / len(cells)
-
-
-def median(values: list) -> float:
-    v = sorted(values)
-    return v[len(v) // 2] if len(v) % 2 else 0.5 * (v[len(v) // 2 - 1] + v[len(v) // 2])
+    return statistics.fmean(c[field] for c in cells.values())
 
 
 def winner(row: dict) -> str | None:

@@ -362,7 +362,8 @@ def write_report(out: Path, args, argv, cells: dict) -> None:
     tasks = [t for t in TASKS if any(k[0] == t for k in cells)]
     priors = [p for p in PRIORS if any(k[1] == p for k in cells)]
     command = "python bench/priors_table.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines = ["# Set12: patch priors trained on train400 (training split)", "",
+    phantom = bool(cells) and all(k[2] == "shepp_logan.png" for k in cells)  # the cells say which test set
+    lines = [f"# {'The Shepp-Logan phantom' if phantom else 'Set12'}: patch priors trained on train400 (training split)", "",
              f"Cells from {out.with_suffix('.jsonl').name}, appended by successive runs (each row stores the "
              f"settings it depends on; rows without them: float64, top 2 pairs). Last command: `{command}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
