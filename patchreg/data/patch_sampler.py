@@ -201,19 +201,19 @@ class RankBatches:
             raise ValueError(f"rank must lie in [0, world_size={self.world_size}), got {rank}")
         self.rank = int(rank)
         self.batch_size = sampler.batch_size
-        n_batches = -(-self.total // self.batch_size)
-        mine = range(self.rank, n_batches, self.world_size)
+        self.n_batches = -(-self.total // self.batch_size)  # of the whole stream, the last one short
+        mine = range(self.rank, self.n_batches, self.world_size)
         self.count = sum(min(self.batch_size, self.total - b * self.batch_size) for b in mine)
 
     def reset(self) -> None:
         self.sampler.reset()
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        for b in range(-(-self.total // self.batch_size)):
+        for b in range(self.n_batches):
             image_index, positions = self.sampler.draw_positions(self.batch_size)
             if b % self.world_size == self.rank:
                 keep = min(self.batch_size, self.total - b * self.batch_size)
                 yield self.sampler.extract(image_index[:keep], positions[:keep])
 
     def __len__(self) -> int:
-        return len(range(self.rank, -(-self.total // self.batch_size), self.world_size))
+        return len(range(self.rank, self.n_batches, self.world_size))
