@@ -22,6 +22,10 @@ witness complex, on density cores against the FULL high-contrast set of train400
   OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/topology_klein_witness.py --cache /work/runs/topology_cache \\
       --subsamples 6 --nerve 3
 Writes bench/results/topology_klein_witness.md/.json and barcodes in topology_klein_witness/.
+
+--rotations R: the patch set of the images and their views rotated by 90 r / R degrees (patchsets.py), each
+angle's top 20% by contrast; the density reference is then its first --reference rows (a uniform subsample, the
+size of the unrotated set by default) and the report goes to topology_klein_witness_rot<R>.md.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from patchreg.topology.witness import witness_barcodes  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 KS = (10, 25, 50, 100)
+UNROTATED_POINTS = 2_534_720  # train400's high-contrast 3x3 patches (RESULTS.md, issue 12)
 
 
 def parse_args(argv=None):
@@ -65,10 +70,20 @@ def parse_args(argv=None):
     p.add_argument("--denoise", type=int, default=100, help="m nearest core points averaged")
     p.add_argument("--bins", type=int, default=16)
     p.add_argument("--nerve", type=int, default=3, help="subsamples whose chosen core gets the chart nerve")
-    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "topology_klein_witness.md"))
+    p.add_argument("--rotations", type=int, default=1, help="views per image at 90 r / R degrees (1: the images only)")
+    p.add_argument("--reference", type=int, default=UNROTATED_POINTS,
+                   help="rows of the patch set the density is estimated against (all when it has fewer)")
+    p.add_argument("--out", default=None, help="report path (default: results/topology_klein_witness[_rot<R>].md)")
     args = p.parse_args(argv)
     if args.subsamples < 2:
         p.error(f"--subsamples must be >= 2 (one to choose on, one to check), got {args.subsamples}")
+    if args.rotations < 1:
+        p.error(f"--rotations must be >= 1, got {args.rotations}")
+    if args.reference < args.subsamples * args.subsample_size:
+        p.error(f"--reference must hold the {args.subsamples} x {args.subsample_size} query rows, got {args.reference}")
+    if args.out is None:
+        suffix = "" if args.rotations == 1 else f"_rot{args.rotations}"
+        args.out = str(ROOT / "bench" / "results" / f"topology_klein_witness{suffix}.md")
     return args
 
 
@@ -143,13 +158,16 @@ def chart_nerve(points, seed):
 def main(argv=None) -> int:
     args = parse_args(argv)
     out, fig_dir = single_threaded_report(args.out)
-    pset = build_patch_set(DATA / "natural" / "train400", 3, args.cache, seed=0, progress=False)
+    pset = build_patch_set(DATA / "natural" / "train400", 3, args.cache, seed=0, progress=False, rotations=args.rotations)
     n_rows = args.subsamples * args.subsample_size
     start = time.time()
-    prefix = Path(args.cache) / f"rho_full_{pset.path.stem}_k{'-'.join(map(str, KS))}"
-    rho = chunked_kth_neighbour_distances(np.asarray(pset.points), KS, n_rows, prefix, progress=True)[:, KS.index(args.k)]
+    n_ref = min(args.reference, len(pset))
+    ref_tag = "" if n_ref == len(pset) else f"_ref{n_ref}"  # the unrotated run's chunk names stay valid
+    prefix = Path(args.cache) / f"rho_full_{pset.path.stem}{ref_tag}_k{'-'.join(map(str, KS))}"
+    rho = chunked_kth_neighbour_distances(np.asarray(pset.points[:n_ref]), KS, n_rows, prefix, progress=True)[:, KS.index(args.k)]
     knn_seconds = round(time.time() - start, 1)
-    results = {"args": vars(args), "patch_set": pset.meta, "knn_seconds_this_run": knn_seconds, "orientation": [],
+    results = {"args": vars(args), "patch_set": pset.meta, "n_reference": n_ref, "knn_seconds_this_run": knn_seconds,
+               "orientation": [],
                "readings": [], "nerve": []}
 
     first = np.asarray(pset.points[: args.subsample_size], dtype=np.float64)
@@ -193,6 +211,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def rotated_text(meta) -> str:
+    if meta.get("rotations", 1) == 1:
+        return ""
+    return (f" seen at {meta['rotations']} angles ({', '.join(f'{x:g}' for x in meta['angles'])} degrees; cubic-spline "
+            "rotation, patches wholly inside the rotated image, the top 20% of each angle)")
+
+
+def reference_text(results, meta) -> str:
+    n_ref = results.get("n_reference", meta["n_points"])
+    if n_ref >= meta["n_points"]:
+        return f"all {meta['n_points']:,} points"
+    return f"the first {n_ref:,} rows (a uniform random subsample, rows are stored in seeded random order)"
+
+
 def markdown(results, command, fig_dir):
     a, chosen = results["args"], results["chosen"]
     meta = results["patch_set"]
@@ -200,8 +232,9 @@ def markdown(results, command, fig_dir):
     n_sub = a["subsamples"]
     lines = ["# The Klein bottle in 3x3 natural-image patches: lazy witness complexes on full-scale cores (issue 12)", "",
              f"Command: `{command}`", "",
-             f"Data: train400, every 3x3 patch, top 20% by D-norm: {meta['n_points']:,} points on S^7. Density rho_{a['k']} "
-             f"of {n_sub} disjoint subsamples of {a['subsample_size']:,} rows against all {meta['n_points']:,} points "
+             f"Data: train400, every 3x3 patch{rotated_text(meta)}, top 20% by D-norm: {meta['n_points']:,} points on S^7. "
+             f"Density rho_{a['k']} of {n_sub} disjoint subsamples of {a['subsample_size']:,} rows against "
+             f"{reference_text(results, meta)} "
              f"(cKDTree, cached chunks; {results['knn_seconds_this_run']} s in this run). Cores: plain X({a['k']}, q) (the q% "
              f"densest of the subsample) or stratified (the q% densest of each of {a['bins']} orientation bins); each core "
              f"denoised (mean of its {a['denoise']} nearest core points); lazy witness complex (nu = 1) on L maxmin landmarks, "

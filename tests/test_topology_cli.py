@@ -116,6 +116,23 @@ def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
     assert second["density"]["cached"] is True and second["n_core"] == first["n_core"]
 
 
+def test_images_with_rotations_read_the_rotated_patch_set(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / f"im{i}.png")
+    out = tmp_path / "rot"
+    assert main(["topology", "--images", str(folder), "--patch-size", "3", "--no-charts", "--core", "10,30", "--denoise",
+                 "0", "--landmarks", "30", "--rotations", "3", "--out", str(out)]) == 0
+    patch_set = json.loads((out / "verdict.json").read_text())["patch_set"]
+    assert patch_set["rotations"] == 3 and patch_set["angles"] == [0.0, 30.0, 60.0]
+    assert patch_set["n_points_per_angle"]["0"] == round(0.2 * 2 * 28 * 28)  # the level view as without --rotations
+    assert patch_set["n_points"] == sum(patch_set["n_points_per_angle"].values())
+
+
 def test_any_points_default_core_is_none_and_patch_default_is_auto(tmp_path):
     # a uniform sample of a closed surface must not be punctured by a patch-style density core
     path = tmp_path / "torus.npy"
@@ -156,6 +173,8 @@ def test_orientation_bins_take_the_core_per_orientation(circle_file, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--orientation-bins", "-1"], "--orientation-bins must be >= 0"),
     (["--orientation-bins", "4", "--any-points"], "--orientation-bins needs patch data"),
+    (["--rotations", "0"], "--rotations must be >= 1"),
+    (["--rotations", "4"], "--rotations needs --images DIR"),
 ])
 def test_bad_persistence_options_are_clear_errors(circle_file, tmp_path, capsys, extra, message):
     assert main(["topology", "--points", str(circle_file), "--out", str(tmp_path / "o"), "--no-charts"] + extra) == 2

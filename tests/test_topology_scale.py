@@ -143,3 +143,67 @@ def test_choose_core_over_seeds_wants_agreement_not_one_large_gap():
     assert fallback["k"] == 15 and fallback["fragile"] and "no cell agreed" in fallback["reason"]
     grids[1][1] = _cell(50, "three-circle model", 2.5, reliable=False)
     assert choose_core_over_seeds(grids)["fragile"]
+
+
+def test_rotation_angles_and_their_errors():
+    from patchreg.topology.patchsets import rotation_angles
+
+    assert rotation_angles(1) == [0.0] and rotation_angles(6) == [0.0, 15.0, 30.0, 45.0, 60.0, 75.0]
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="rotations must be an integer >= 1"):
+            rotation_angles(bad)
+
+
+def test_rotated_view_turns_a_ramp_and_keeps_only_inside_pixels():
+    from patchreg.topology.orientation import patch_orientation
+    from patchreg.topology.patchsets import rotated_view
+
+    y, x = np.mgrid[:40, :40].astype(np.float64)
+    ramp = 0.05 * x  # gradient along x: orientation 0
+    same, valid = rotated_view(ramp, 0.0)
+    assert same is ramp and valid.all()
+    quarter, valid = rotated_view(ramp, 90.0, margin=0)  # the spline interpolates: exact at 90 degrees
+    assert np.allclose(quarter, np.rot90(ramp), atol=1e-9) and valid.all()
+    view, valid = rotated_view(ramp, 30.0)
+    assert view.shape[0] > 40 and 0.4 < valid.mean() < 0.9  # the frame grows, its corners are outside
+    from patchreg.topology.patchsets import _centred_patches
+    from patchreg.topology.preprocessing import dct_basis, grid_laplacian
+
+    centred = _centred_patches(view, 3, valid).numpy()
+    assert len(centred) < valid.sum()  # patches that touch an outside pixel are dropped
+    lap = grid_laplacian(3)
+    unit = centred / np.sqrt(np.einsum("ij,jk,ik->i", centred, lap, centred))[:, None]
+    theta = np.degrees(patch_orientation(unit @ lap @ dct_basis(3)[0], 3))
+    # a ramp at 30 degrees: counterclockwise as displayed, so -30 = 150 with y running down the rows
+    assert np.allclose(theta, 150.0, atol=0.5)
+
+
+def test_rotated_patch_set_thresholds_each_angle_and_evens_out_orientations(tmp_path):
+    from PIL import Image
+
+    from patchreg.topology.orientation import orientation_shares, patch_orientation
+    from patchreg.topology.patchsets import patch_set_key
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "stripes"
+    folder.mkdir()
+    for i in range(2):  # level stripes: every gradient vertical, orientation 90 degrees
+        y, _ = np.mgrid[:40, :40]
+        img = 128 + 70 * np.sin(y / (2.0 + i)) + rng.normal(0, 2, (40, 40))
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"s{i}.png")
+    level = build_patch_set(folder, 3, tmp_path / "cache", top_fraction=0.2, progress=False)
+    turned = build_patch_set(folder, 3, tmp_path / "cache", top_fraction=0.2, progress=False, rotations=2)
+    assert turned.path != level.path and "rotations" not in level.meta
+    files = sorted(folder.iterdir())
+    assert patch_set_key(files, 3, 0.2, 0) == patch_set_key(files, 3, 0.2, 0, 1)  # unrotated caches keep their name
+    per_angle = turned.meta["n_points_per_angle"]
+    assert set(per_angle) == {"0", "45"} and per_angle["0"] == level.meta["n_points"]
+    assert sum(per_angle.values()) == len(turned)
+    assert turned.meta["thresholds"]["0"] == level.meta["contrast_threshold"]
+    assert np.allclose(np.linalg.norm(np.asarray(turned.points), axis=1), 1.0, atol=1e-5)
+    shares_level = orientation_shares(patch_orientation(np.asarray(level.points), 3), 4)
+    shares_turned = orientation_shares(patch_orientation(np.asarray(turned.points), 3), 4)
+    assert shares_level[2] > 0.95  # bins centred on 0, 45, 90, 135 degrees
+    assert 0.35 < shares_turned[2] < 0.65 and shares_turned[1] + shares_turned[3] > 0.3  # the 45-degree view's share
+    with pytest.raises(ValueError, match="rotations must be an integer >= 1"):
+        build_patch_set(folder, 3, tmp_path / "cache", rotations=0)

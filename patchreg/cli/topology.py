@@ -64,6 +64,10 @@ def register(subparsers) -> None:
     parser.add_argument("--orientation-bins", type=int, default=0,
                         help="patch data: > 0 takes each core per orientation bin (the q%% densest of every bin), "
                         "so that orientations rare in the images (diagonals) are not cut out; 0: one global core")
+    parser.add_argument("--rotations", type=int, default=1,
+                        help="--images at scale: also see every image rotated by 90 r / R degrees, r = 1..R-1, each "
+                        "angle's top 20%% by contrast kept (a camera at every roll: evens out the orientations that "
+                        "a level camera favours); 1: the images as they are")
     parser.add_argument("--charts", type=_charts, default="auto", help="number of charts K, or 'auto'")
     parser.add_argument("--chart-dim", default="auto", choices=["auto", "1", "2"])
     parser.add_argument("--landmarks", type=_auto_int, default="auto",
@@ -139,6 +143,10 @@ def _check_args(args):
         raise ValueError(f"--orientation-bins must be >= 0 (0: one global core), got {args.orientation_bins}")
     if args.orientation_bins > 0 and args.any_points:
         raise ValueError("--orientation-bins needs patch data (not --any-points)")
+    if args.rotations < 1:
+        raise ValueError(f"--rotations must be >= 1 (1: the images as they are), got {args.rotations}")
+    if args.rotations > 1 and (args.images in (None, "bundled") or args.patches_per_image != "all"):
+        raise ValueError("--rotations needs --images DIR with --patches-per-image all (the at-scale patch set)")
     if args.images is not None and args.images != "bundled" and not Path(args.images).is_dir():
         raise FileNotFoundError(f"--images {args.images} is not a folder")
 
@@ -151,7 +159,7 @@ def _points_and_source(args):
         from ..topology.patchsets import build_patch_set
 
         cache = Path(args.cache) if args.cache else Path(args.out) / "cache"
-        pset = build_patch_set(args.images, args.patch_size, cache, seed=args.seed, progress=True)
+        pset = build_patch_set(args.images, args.patch_size, cache, seed=args.seed, progress=True, rotations=args.rotations)
         return pset.points, pset.path.name, pset.meta
     if args.images == "bundled" and args.patches_per_image == "all":
         args.patches_per_image = None

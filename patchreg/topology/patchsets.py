@@ -14,6 +14,15 @@ Cache: <cache>/patches_p{p}_{key}.npy and a .json beside it with the settings an
 hashes the image file names and sizes, the patch size, the fraction and the seed. Writes are atomic
 (temporary file, then rename), so an interrupted build leaves no partial cache and reruns resume
 from the patch sizes already done.
+
+Rotations (`rotations` R > 1, issue 12): every image is also seen rotated by 90 r / R degrees,
+r = 1..R-1 (cubic spline on the log image, only patches wholly inside the rotated image kept), and
+the top-contrast threshold is taken per angle, so every angle contributes the same share. A camera
+held level sees horizontal and vertical structure more often than diagonal structure, and its
+pixel grid samples a diagonal bar differently from a level one; the rotated views give every
+orientation the same chance, as a camera at a random roll would. The interpolation smooths the
+rotated views (a small blur), which is why the threshold is per angle: a global one would favour
+the sharper level view.
 """
 
 from __future__ import annotations
@@ -29,7 +38,8 @@ import torch
 
 from .preprocessing import DEFAULT_LOG_EPS, _check_patch_size, dct_basis, grid_laplacian, log_intensity
 
-__all__ = ["PatchSet", "build_patch_set", "image_files", "patch_set_key", "image_contrasts"]
+__all__ = ["PatchSet", "build_patch_set", "image_files", "patch_set_key", "image_contrasts", "rotation_angles",
+           "rotated_view"]
 
 
 def image_files(folder) -> list[Path]:
@@ -38,26 +48,56 @@ def image_files(folder) -> list[Path]:
     return folder_images(folder, what="images folder")
 
 
-def patch_set_key(files, patch_size: int, top_fraction: float, seed: int) -> str:
+def patch_set_key(files, patch_size: int, top_fraction: float, seed: int, rotations: int = 1) -> str:
     h = hashlib.sha1()
     for f in files:
         h.update(f"{Path(f).name}:{Path(f).stat().st_size};".encode())
     h.update(f"p={patch_size};f={top_fraction};seed={seed};eps={DEFAULT_LOG_EPS}".encode())
+    if rotations != 1:  # keys of unrotated sets stay as they were
+        h.update(f";rotations={rotations}".encode())
     return h.hexdigest()[:12]
 
 
-def _centred_patches(image: np.ndarray, p: int) -> torch.Tensor:
-    """All p x p patches of the log image, mean removed, (L, p^2) float64 (row-major, F.unfold order)."""
-    x = torch.from_numpy(np.ascontiguousarray(log_intensity(image)))[None, None]
+def rotation_angles(rotations: int) -> list[float]:
+    """The view angles in degrees: 90 r / R for r = 0..R-1 (the pixel grid repeats itself every 90)."""
+    if int(rotations) != rotations or rotations < 1:
+        raise ValueError(f"rotations must be an integer >= 1, got {rotations}")
+    return [90.0 * r / rotations for r in range(int(rotations))]
+
+
+def rotated_view(log_image: np.ndarray, angle: float, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(view, valid) of a log image rotated by `angle` degrees: a cubic-spline rotation (the frame
+    grows to hold the whole image) and the mask of pixels at least `margin` pixels inside the
+    rotated image, away from the spline's boundary ringing. Angle 0 is the image itself."""
+    if angle == 0:
+        return log_image, np.ones(log_image.shape, dtype=bool)
+    from scipy import ndimage
+
+    view = ndimage.rotate(log_image, angle, reshape=True, order=3, mode="nearest")
+    inside = ndimage.rotate(np.ones(log_image.shape), angle, reshape=True, order=0, mode="constant", cval=0.0) > 0.5
+    return view, ndimage.binary_erosion(inside, iterations=margin) if margin else inside
+
+
+def _centred_patches(log_image: np.ndarray, p: int, valid: np.ndarray | None = None) -> torch.Tensor:
+    """The p x p patches of a log image, mean removed, (L, p^2) float64 (row-major, F.unfold order);
+    with `valid`, only the patches whose pixels are all valid."""
+    x = torch.from_numpy(np.ascontiguousarray(log_image))[None, None]
     patches = torch.nn.functional.unfold(x, p)[0].T
+    if valid is not None and not valid.all():
+        inside = torch.nn.functional.unfold(torch.from_numpy((~valid).astype(np.float64))[None, None], p)[0].sum(0) == 0
+        patches = patches[inside]
     return patches - patches.mean(dim=1, keepdim=True)
 
 
-def image_contrasts(image: np.ndarray, p: int, laplacian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(centred patches (L, p^2), D-norm contrast (L,)) of one image."""
-    centred = _centred_patches(image, p)
-    contrast = torch.sqrt(torch.clamp(((centred @ laplacian) * centred).sum(dim=1), min=0.0))
-    return centred, contrast
+def _contrasts(centred: torch.Tensor, laplacian: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.clamp(((centred @ laplacian) * centred).sum(dim=1), min=0.0))
+
+
+def image_contrasts(image: np.ndarray, p: int, laplacian: torch.Tensor, angle: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centred patches (L, p^2), D-norm contrast (L,)) of one image, seen rotated by `angle` degrees."""
+    view, valid = rotated_view(log_intensity(image), angle)
+    centred = _centred_patches(view, p, valid)
+    return centred, _contrasts(centred, laplacian)
 
 
 class PatchSet:
@@ -83,17 +123,19 @@ class PatchSet:
 
 
 def build_patch_set(images_dir, patch_size: int, cache_dir, top_fraction: float = 0.2, seed: int = 0,
-                    progress: bool = True) -> PatchSet:
-    """The high-contrast patch set of every image in images_dir (module docstring), from cache if there."""
+                    progress: bool = True, rotations: int = 1) -> PatchSet:
+    """The high-contrast patch set of every image in images_dir (module docstring), from cache if there;
+    rotations > 1 adds the rotated views, each angle thresholded on its own."""
     from ..data.images import load_image
 
     p = _check_patch_size(patch_size)
     if not 0.0 < top_fraction <= 1.0:
         raise ValueError(f"top_fraction must be in (0, 1], got {top_fraction}")
+    angles = rotation_angles(rotations)
     files = image_files(images_dir)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    key = patch_set_key(files, p, top_fraction, seed)
+    key = patch_set_key(files, p, top_fraction, seed, rotations)
     path = cache_dir / f"patches_p{p}_{key}.npy"
     if path.exists() and path.with_suffix(".json").exists():
         return PatchSet(path)
@@ -101,45 +143,59 @@ def build_patch_set(images_dir, patch_size: int, cache_dir, top_fraction: float 
     laplacian = torch.from_numpy(grid_laplacian(p))
     basis, _ = dct_basis(p)
     to_dct = laplacian @ torch.from_numpy(basis)  # v = A^T D y, A^T D A = I
-    bar = _bar(progress, 2 * len(files), f"patch set p={p}")
-    contrasts = []
+    bar = _bar(progress, 2 * len(files) * len(angles), f"patch set p={p}")
+    contrasts = {a: [] for a in angles}
     for f in files:  # pass 1: contrasts only
-        contrasts.append(image_contrasts(load_image(f), p, laplacian)[1].float().numpy())
-        bar.update()
-    pooled = np.concatenate(contrasts)
-    n_keep = max(1, int(round(top_fraction * len(pooled))))
-    threshold = float(np.partition(pooled, len(pooled) - n_keep)[len(pooled) - n_keep])
-    if threshold <= 0:
-        raise ValueError(f"the top {top_fraction:.0%} of patches include constant patches; lower top_fraction")
-    n_kept = int(np.sum(pooled >= threshold))  # ties at the threshold are all kept (8-bit images have ties)
-    del pooled
+        image = load_image(f)
+        for a in angles:
+            contrasts[a].append(image_contrasts(image, p, laplacian, a)[1].float().numpy())
+            bar.update()
+    thresholds = {a: _top_threshold(np.concatenate(contrasts[a]), top_fraction) for a in angles}
+    kept = {a: [np.flatnonzero(c >= thresholds[a]) for c in contrasts[a]] for a in angles}
+    n_kept = int(sum(len(k) for a in angles for k in kept[a]))  # ties at a threshold are all kept
     order = np.random.default_rng(seed).permutation(n_kept)  # seeded random row order
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_kept, p * p - 1))
     row = 0
-    for f, c in zip(files, contrasts):  # pass 2: the kept patches, normalised, in DCT coordinates
-        keep = np.flatnonzero(c >= threshold)
-        if len(keep):
-            centred, contrast = image_contrasts(load_image(f), p, laplacian)
-            keep_t = torch.from_numpy(keep)
-            unit = centred[keep_t] / contrast[keep_t, None]
-            out[order[row : row + len(keep)]] = (unit @ to_dct).float().numpy()
-            row += len(keep)
-        bar.update()
+    for i, f in enumerate(files):  # pass 2: the kept patches, normalised, in DCT coordinates
+        image = load_image(f)
+        for a in angles:
+            keep = kept[a][i]
+            if len(keep):
+                centred, contrast = image_contrasts(image, p, laplacian, a)
+                keep_t = torch.from_numpy(keep)
+                unit = centred[keep_t] / contrast[keep_t, None]
+                out[order[row : row + len(keep)]] = (unit @ to_dct).float().numpy()
+                row += len(keep)
+            bar.update()
     bar.close()
     out.flush()
     del out
     os.replace(tmp, path)
     meta = {
         "patch_size": p, "top_fraction": top_fraction, "seed": seed, "images_dir": str(images_dir),
-        "n_images": len(files), "n_patches_total": int(sum(len(c) for c in contrasts)), "n_points": n_kept,
-        "contrast_threshold": threshold, "log_eps": DEFAULT_LOG_EPS, "build_seconds": round(time.time() - start, 1),
-        "dtype": "float32", "coordinates": "D-orthonormal DCT basis (preprocessing.dct_basis), unit norm",
+        "n_images": len(files), "n_patches_total": int(sum(len(c) for a in angles for c in contrasts[a])),
+        "n_points": n_kept, "contrast_threshold": thresholds[0.0], "log_eps": DEFAULT_LOG_EPS,
+        "build_seconds": round(time.time() - start, 1), "dtype": "float32",
+        "coordinates": "D-orthonormal DCT basis (preprocessing.dct_basis), unit norm",
     }
+    if rotations != 1:
+        meta.update(rotations=int(rotations), angles=angles,
+                    thresholds={f"{a:g}": thresholds[a] for a in angles},
+                    n_points_per_angle={f"{a:g}": int(sum(len(k) for k in kept[a])) for a in angles})
     from ..io import atomic_write_json
 
     atomic_write_json(path.with_suffix(".json"), meta)
     return PatchSet(path)
+
+
+def _top_threshold(pooled: np.ndarray, top_fraction: float) -> float:
+    """The contrast at the top `top_fraction` of the pooled contrasts; refuses a constant-patch cut."""
+    n_keep = max(1, int(round(top_fraction * len(pooled))))
+    threshold = float(np.partition(pooled, len(pooled) - n_keep)[len(pooled) - n_keep])
+    if threshold <= 0:
+        raise ValueError(f"the top {top_fraction:.0%} of patches include constant patches; lower top_fraction")
+    return threshold
 
 
 def _bar(progress: bool, total: int, desc: str):
