@@ -172,10 +172,11 @@ def main(argv=None) -> int:
 
     first = np.asarray(pset.points[: args.subsample_size], dtype=np.float64)
     theta0 = patch_orientation(first, 3)
-    results["orientation"].append(orientation_row("train400, all high-contrast (subsample 0)", theta0))
+    name = "train400" if args.rotations == 1 else f"train400 at {args.rotations} angles"
+    results["orientation"].append(orientation_row(f"{name}, all high-contrast (subsample 0)", theta0))
     for q in (10.0, 30.0):
         for kind, idx in cores_of(rho[: args.subsample_size], theta0, q, args.bins).items():
-            results["orientation"].append(orientation_row(f"train400 {kind} X({args.k}, {q:g})", theta0[idx]))
+            results["orientation"].append(orientation_row(f"{name} {kind} X({args.k}, {q:g})", theta0[idx]))
     vh = load_points(DATA / "carlsson" / "n50000Dct.mat")
     theta_vh = patch_orientation(vh, 3)
     results["orientation"].append(orientation_row("van Hateren n50000Dct, all", theta_vh))

@@ -9,6 +9,14 @@ thresholds tau apply: chart k explains point x when
 score = residual excess / R + max(0, |E_k(x)| - 1), R the median chart radius (90th percentile
 of ||x - D_k(0)|| over each chart's own points). Tangents are the exact decoder Jacobians at
 E_k(x), per point and chart.
+
+overlap="ownership" reads the overlaps from the mixture's partition instead: every point is owned by
+its most responsible chart, and chart k holds x at threshold tau when x lies within tau R of a point
+chart k owns (and, as above, chart k explains x: the larger of the two scores). The cover is then the
+owned cells thickened by tau R, the classic nerve of a partition into cells: three cells share a
+simplex where they meet. The reconstruction score alone lets a decoder's surface that passes near a
+distant part of the data join charts that are not neighbours on the manifold (many more edges and
+triangles than a surface's triangulation holds).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import torch
 
 from .cover import OWN_ERROR_QUANTILE, ChartCover
 
-__all__ = ["cover_from_chart_mixture", "default_train_config", "fit_chart_mixture_cover", "learned_cover_fitter"]
+__all__ = ["OVERLAPS", "cover_from_chart_mixture", "default_train_config", "fit_chart_mixture_cover", "learned_cover_fitter"]
 
 
 @torch.no_grad()
@@ -35,8 +43,25 @@ def _chart_outputs(model, x: torch.Tensor, batch: int):
     return tuple(torch.cat(t).double().numpy() for t in (latents, recons, jacobians, log_probs))
 
 
-def cover_from_chart_mixture(model, points, batch: int = 1024) -> ChartCover:
+OVERLAPS = ("reconstruction", "ownership")
+
+
+def _distance_to_owned(pts: np.ndarray, own: np.ndarray, n_charts: int) -> np.ndarray:
+    """(N, K): distance from each point to the nearest point owned by chart k (inf for a chart owning none)."""
+    from scipy.spatial import cKDTree
+
+    out = np.full((len(pts), n_charts), np.inf)
+    for k in range(n_charts):
+        mine = own == k
+        if mine.any():
+            out[:, k] = cKDTree(pts[mine]).query(pts, k=1)[0]
+    return out
+
+
+def cover_from_chart_mixture(model, points, batch: int = 1024, overlap: str = "reconstruction") -> ChartCover:
     """The ChartCover of a trained ChartMixture on points (N, n) (module docstring)."""
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
     x = torch.as_tensor(np.asarray(points), dtype=model.log_alpha.dtype)
     if x.ndim != 2 or x.shape[1] != model.ambient_dim:
         raise ValueError(f"points must have shape (N, {model.ambient_dim}), got {tuple(x.shape)}")
@@ -57,8 +82,11 @@ def cover_from_chart_mixture(model, points, batch: int = 1024) -> ChartCover:
     scale = float(np.median(radius)) if radius else 1.0
     latent_excess = np.maximum(0.0, np.linalg.norm(z, axis=-1) - 1.0)
     scores = np.maximum(0.0, residual - own_error) / max(scale, 1e-12) + latent_excess
+    if overlap == "ownership":
+        scores = np.maximum(scores, _distance_to_owned(pts, own, K) / max(scale, 1e-12))
+        scores[np.arange(len(pts)), own] = 0.0  # a point always lies in the chart that owns it
     return ChartCover(scores=scores, tangents=jac, dim=model.latent_dim, latents=z, centres=origins,
-                      description=f"learned FIF chart mixture, K={K}, d={model.latent_dim}")
+                      description=f"learned FIF chart mixture, K={K}, d={model.latent_dim}, overlaps by {overlap}")
 
 
 def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, config=None, width: int = 64,
