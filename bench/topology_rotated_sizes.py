@@ -10,7 +10,7 @@ Per patch size p:
 The protocol (k / reference, q, m / core size, L) is fixed for every p: it is the scale of the p = 3 run of
 topology_klein_witness.py (k 100 of 2.5 million) shrunk to --reference points (the kNN of p >= 4 is brute force).
 
-  OMP_NUM_THREADS=1 .venv/bin/python bench/topology_rotated_sizes.py --cache /work/runs/topology_cache --patch-sizes 4,3
+  OMP_NUM_THREADS=1 .venv/bin/python bench/topology_rotated_sizes.py --cache /work/runs/topology_cache --patch-sizes 3,4,5,6,7,8
 Writes bench/results/topology_rotated_sizes.md/.json.
 """
 

@@ -67,6 +67,21 @@ def test_kth_neighbour_distances_match_float64_brute_force(dim, method):
         kth_neighbour_distances(x, [500])
 
 
+def test_brute_force_over_reference_chunks_matches_one_pass():
+    # the reference is streamed in chunks with a running top-k: chunk edges, a chunk shorter than k and
+    # query blocks of uneven size must not change a distance
+    from patchreg.topology.knn import _brute
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((300, 16))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    rows = np.array([0, 63, 64, 65, 150, 299])
+    d = np.sort(np.linalg.norm(x[rows, None] - x[None], axis=2), axis=1)
+    for ref_chunk, block in ((64, 4), (7, 5), (1000, 2)):
+        rho = _brute(x, rows, [1, 10, 40], block, False, ref_chunk=ref_chunk)
+        assert np.allclose(rho, d[:, [1, 10, 40]], atol=2e-3), (ref_chunk, block)
+
+
 def test_model_fit_distances():
     # model points lie on the model (up to the grid's resolution); a generic quadratic-free patch is far
     t = np.array([0.3, 1.1, 2.0])

@@ -74,7 +74,10 @@ def _kdtree(reference, rows, ks):
 
 
 @torch.no_grad()
-def _brute(reference, rows, ks, block, progress):
+def _brute(reference, rows, ks, block, progress, ref_chunk: int = 65536):
+    """Blocked brute force: `block` queries against `ref_chunk` reference rows at a time, into buffers that are
+    reused (a fresh (block, N) matrix per block spent most of its time in page faults on millions of points),
+    keeping a running top (k_max + 1) per query."""
     from tqdm import tqdm
 
     ref = torch.from_numpy(np.array(reference, dtype=np.float32))  # a writable copy (memmaps are read-only)
@@ -82,13 +85,24 @@ def _brute(reference, rows, ks, block, progress):
     k_max = max(ks)
     index = torch.tensor(ks)  # sorted ascending values: index k is the k-th neighbour, 0 is the point itself
     out = np.empty((len(rows), len(ks)))
+    chunk = min(int(ref_chunk), len(ref))
+    buf = torch.empty(min(block, max(len(rows), 1)), chunk)
     for start in tqdm(range(0, len(rows), block), disable=not progress, leave=False, desc="kNN"):
         part = torch.from_numpy(rows[start : start + block])
-        q = ref[part]
-        d2 = sq[part, None] + sq[None] - 2.0 * (q @ ref.T)
-        d2[torch.arange(len(part)), part] = -1.0  # the point itself stays first even with rounding
-        smallest = torch.topk(d2, k_max + 1, dim=1, largest=False, sorted=True).values
-        out[start : start + len(part)] = smallest[:, index].clamp_min(0.0).sqrt().double().numpy()
+        q, n = ref[part], len(part)
+        best = torch.full((n, k_max + 1), float("inf"))
+        for c0 in range(0, len(ref), chunk):
+            c1 = min(c0 + chunk, len(ref))
+            d2 = buf[:n, : c1 - c0]
+            torch.mm(q, ref[c0:c1].T, out=d2)
+            d2.mul_(-2.0).add_(sq[c0:c1][None]).add_(sq[part, None])
+            mine = (part >= c0) & (part < c1)
+            if mine.any():  # the point itself stays first even with rounding
+                d2[torch.nonzero(mine).flatten(), part[mine] - c0] = -1.0
+            kk = min(k_max + 1, c1 - c0)
+            local = torch.topk(d2, kk, dim=1, largest=False, sorted=False).values
+            best = torch.topk(torch.cat([best, local], dim=1), k_max + 1, dim=1, largest=False, sorted=True).values
+        out[start : start + n] = best[:, index].clamp_min(0.0).sqrt().double().numpy()
     return out
 
 
