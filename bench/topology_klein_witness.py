@@ -70,6 +70,11 @@ def parse_args(argv=None):
     p.add_argument("--denoise", type=int, default=100, help="m nearest core points averaged")
     p.add_argument("--bins", type=int, default=16)
     p.add_argument("--nerve", type=int, default=3, help="subsamples whose chosen core gets the chart nerve")
+    p.add_argument("--nerve-charts", type=int, default=24, help="K of the learned chart mixture (d = 2)")
+    p.add_argument("--nerve-points", type=int, default=8000, help="core points the charts are fitted on")
+    p.add_argument("--nerve-steps", type=int, default=300, help="mixture steps (learned_cover.default_train_config)")
+    p.add_argument("--nerve-overlap", default="reconstruction", choices=["reconstruction", "ownership"],
+                   help="how chart overlaps are read (learned_cover.py)")
     p.add_argument("--rotations", type=int, default=1, help="views per image at 90 r / R degrees (1: the images only)")
     p.add_argument("--reference", type=int, default=UNROTATED_POINTS,
                    help="rows of the patch set the density is estimated against (all when it has fewer)")
@@ -143,16 +148,29 @@ def choose(rows):
             "no reading named a topology: largest gap"}
 
 
-def chart_nerve(points, seed):
-    from patchreg.topology.learned_cover import learned_cover_fitter
-    from patchreg.topology.pipeline import homology_from_charts
+def chart_nerve(points, seed, n_charts=24, n_points=8000, steps=300, overlap="reconstruction"):
+    """The learned chart nerve two ways from one cover: the scan's stable verdict (pipeline.chart_verdict) and
+    the barcodes of the nerve filtration over tau (nerve_persistence.py)."""
+    from patchreg.topology.learned_cover import fit_chart_mixture_cover, default_train_config
+    from patchreg.topology.nerve_persistence import persistent_chart_verdict
+    from patchreg.topology.pipeline import chart_verdict
 
     rng = np.random.default_rng(seed)
-    sub = points[np.sort(rng.choice(len(points), min(8000, len(points)), replace=False))]
+    sub = points[np.sort(rng.choice(len(points), min(n_points, len(points)), replace=False))]
     start = time.time()
-    r = homology_from_charts(sub, n_charts=24, dim=2, seed=seed, cover_fitter=learned_cover_fitter())
+    cover = fit_chart_mixture_cover(sub, n_charts, 2, seed, config=default_train_config(seed, steps), width=32,
+                                    overlap=overlap)
+    r = chart_verdict(cover, points=sub)
+    pers = persistent_chart_verdict(cover, points=sub)
     return {"name": r["name"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
-            "orientable": r.get("orientable"), "stable": bool(r["stable"]), "seconds": round(time.time() - start)}
+            "orientable": r.get("orientable"), "stable": bool(r["stable"]),
+            "persistence": {"name": pers["name"], "betti_Z2": list(pers["betti"]["Z2"]), "betti_Z3": list(pers["betti"]["Z3"]),
+                            "gap": round(float(pers["gap"]), 3), "reliable": bool(pers["reliable"]),
+                            "orientable": pers["orientable"], "tau_star": round(pers["tau_star"], 3),
+                            "H1": [pers["top_bars"]["Z2 H1"][:4], pers["top_bars"]["Z3 H1"][:4]],
+                            "H2": [pers["top_bars"]["Z2 H2"][:3], pers["top_bars"]["Z3 H2"][:3]]},
+            "n_charts": n_charts, "n_points": len(sub), "steps": steps, "overlap": overlap,
+            "seconds": round(time.time() - start)}
 
 
 def main(argv=None) -> int:
@@ -201,7 +219,8 @@ def main(argv=None) -> int:
                       title=f"subsample {s}: {key[0]} X({args.k},{key[1]:g}), denoise {args.denoise}, L {key[2]}, lazy witness")
         if s < args.nerve:
             idx = cores_of(rho[rows_s], theta, chosen["q"], args.bins)[chosen["kind"]]
-            nerve = chart_nerve(denoise(points[idx], args.denoise), s)
+            nerve = chart_nerve(denoise(points[idx], args.denoise), s, args.nerve_charts, args.nerve_points,
+                                args.nerve_steps, args.nerve_overlap)
             results["nerve"].append({"subsample": s, **nerve})
             print(f"  chart nerve s{s}: {nerve}", flush=True)
         atomic_write_json(out.with_suffix(".json"), results)
@@ -273,10 +292,22 @@ def markdown(results, command, fig_dir):
                      f"{sum(r['z2_excess'] == [0, 1, 1] for r in rs)} of {len(rs)} | "
                      + "; ".join(f"{r['subsample']}: {r['named'][:28]} {betti_text(r)} {r['gap']}" for r in rs) + " |")
     if results["nerve"]:
-        lines += ["", "## Chart nerve of the chosen core (learned FIF charts, d = 2, K = 24, 8000 points)", "",
-                  "| subsample | verdict | Betti Z/2 / Z/3 | orientable | stable | seconds |", "|---|---|---|---|---|---|"]
+        n0 = results["nerve"][0]
+        lines += ["", f"## Chart nerve of the chosen core (learned FIF charts, d = 2, K = {n0.get('n_charts', 24)}, "
+                  f"{n0.get('n_points', 8000)} points, {n0.get('steps', 300)} mixture steps, overlaps by "
+                  f"{n0.get('overlap', 'reconstruction')})", "",
+                  "Scan: the Betti numbers held on 3 consecutive overlap thresholds (pipeline.chart_verdict). Persistence: the "
+                  "barcodes of the nerve filtration over the threshold, read by the long-bar rule (nerve_persistence.py), "
+                  "orientability at the latest birth of a long bar.", "",
+                  "| subsample | scan verdict | scan Betti Z/2 / Z/3 | scan orientable | stable | persistence verdict | "
+                  "persistence Betti Z/2 / Z/3 | gap | orientable | top H1 Z/2 ; Z/3 | top H2 Z/2 ; Z/3 | seconds |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in results["nerve"]:
-            lines.append(f"| {r['subsample']} | {r['name']} | {betti_text(r)} | {r['orientable']} | {r['stable']} | {r['seconds']} |")
+            p = r.get("persistence")
+            tail = (f"{p['name']} | {betti_text(p)} | {p['gap']} | {p['orientable']} | {p['H1'][0]} ; {p['H1'][1]} | "
+                    f"{p['H2'][0]} ; {p['H2'][1]}" if p else "- | - | - | - | - | -")
+            lines.append(f"| {r['subsample']} | {r['name']} | {betti_text(r)} | {r['orientable']} | {r['stable']} | {tail} | "
+                         f"{r['seconds']} |")
     lines += ["", f"Barcodes of the chosen configuration: {fig_dir}/chosen_s<subsample>.png", ""]
     return "\n".join(lines)
 

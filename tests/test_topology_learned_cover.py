@@ -34,3 +34,29 @@ def test_learned_cover_scores_and_errors():
     assert cover.membership(0.0).any(axis=1).all()  # every point lies in its best chart
     with pytest.raises(ValueError, match=r"points must have shape \(N, 2\)"):
         cover_from_chart_mixture(model, np.zeros((5, 3)))
+
+
+def test_ownership_overlaps_are_the_owned_cells_thickened():
+    from patchreg.topology.learned_cover import _distance_to_owned
+
+    import torch
+
+    from patchreg.charts import train_mixture
+
+    points = Circle().sample(1200, 0)
+    torch.manual_seed(0)
+    model = build_mixture("fif", 8, 2, 1, width=16)
+    train_mixture(model, torch.as_tensor(points, dtype=torch.float32), _config(0), progress=False)
+    cover = cover_from_chart_mixture(model, points)
+    owned = cover_from_chart_mixture(model, points, overlap="ownership")
+    own = np.argmin(owned.scores, axis=1)
+    assert np.all(owned.scores[np.arange(len(points)), own] == 0.0)  # a point always lies in its own cell
+    others = np.ones_like(owned.scores, dtype=bool)
+    others[np.arange(len(points)), own] = False
+    assert np.all(owned.scores[others] >= cover.scores[others] - 1e-12)  # both conditions, the larger score
+    d = _distance_to_owned(np.array([[0.0, 0.0], [3.0, 0.0]]), np.array([0, 1]), 3)
+    assert d[0].tolist() == [0.0, 3.0, np.inf] and d[1].tolist() == [3.0, 0.0, np.inf]
+    verdict = chart_verdict(owned, points=points)
+    assert verdict["stable"] and verdict["name"] == "circle", verdict["name"]
+    with pytest.raises(ValueError, match="overlap must be one of"):
+        cover_from_chart_mixture(build_mixture("fif", 3, 2, 1, width=8, n_blocks=1), points, overlap="nearest")

@@ -90,7 +90,7 @@ def cover_from_chart_mixture(model, points, batch: int = 1024, overlap: str = "r
 
 
 def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, config=None, width: int = 64,
-                            progress: bool = False) -> ChartCover:
+                            progress: bool = False, overlap: str = "reconstruction") -> ChartCover:
     """cover_fitter for patchreg.topology.homology_from_charts: train a FIF mixture (residual MLP
     charts, latent dim `dim`) on the points, then read its cover. config: a TrainConfig."""
     from ..charts import TrainConfig, build_mixture, train_mixture
@@ -99,8 +99,10 @@ def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, conf
     torch.manual_seed(seed)
     model = build_mixture("fif", int(n_charts), pts.shape[1], int(dim), width=width)
     config = config or TrainConfig(seed=seed)
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
     train_mixture(model, pts, config, progress=progress)
-    return cover_from_chart_mixture(model, pts)
+    return cover_from_chart_mixture(model, pts, overlap=overlap)
 
 
 def default_train_config(seed: int = 0, steps: int = 300):

@@ -1,0 +1,114 @@
+"""Persistent homology of a chart nerve: the nerve read over every overlap threshold at once.
+
+The nerve at threshold tau (nerve.py) holds a simplex when one data point lies in all its charts,
+i.e. when for some point x every chart k of the simplex has score[x, k] <= tau (a point always
+lies in its best chart, score 0 there). So the simplex enters the nerve at
+
+    entry(sigma) = min over points x of max over k in sigma of score[x, k],
+
+and as tau grows the nerves form a filtration (a face never enters after its coface). Its barcodes
+over Z/2 and Z/3 are read by the long-bar rule of persistence.py, in units of tau (chart radii):
+the same rule as the landmark complexes, instead of asking one Betti vector to hold on several
+consecutive thresholds (pipeline.chart_verdict). Thick, noisy data give a nerve whose homology
+at any single threshold carries a few short-lived loops; those are short bars here.
+
+Only the max_charts best charts of each point enter (the scan of chart_verdict also stops once
+points lie in 8 charts on average), so the filtration is exact up to T, the smallest score of any
+point's first chart left out; classes still alive at the end die at max(T, last entry value) (a
+loop of charts that never fills lives that long), H0's infinite bar stays infinite.
+Orientability is read on the nerve at tau* = the latest birth of a long bar over Z/2: the most
+local threshold at which every long class is born.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import numpy as np
+
+from .cover import ChartCover
+from .nerve import MAX_SIMPLEX_SIZE, nerve_summary
+from .persistence import FIELDS, Barcodes, BettiRule, read_betti, top_lengths
+from .verdict import name_topology
+
+__all__ = ["nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+
+
+def _ranked_scores(cover: ChartCover, max_charts: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """(order (N, m) of each point's best charts, their scores, T: where the truncation starts to matter)."""
+    if max_charts < 1:
+        raise ValueError(f"max_charts must be >= 1, got {max_charts}")
+    scores = np.array(cover.scores, dtype=np.float64)
+    scores[np.arange(len(scores)), np.argmin(scores, axis=1)] = 0.0  # every point lies in its best chart
+    m = min(int(max_charts), cover.n_charts)
+    order = np.argsort(scores, axis=1, kind="stable")
+    exact_until = float(np.take_along_axis(scores, order[:, m : m + 1], axis=1).min()) if m < cover.n_charts else np.inf
+    order = order[:, :m]
+    return order, np.take_along_axis(scores, order, axis=1), exact_until
+
+
+def nerve_entry_values(cover: ChartCover, max_charts: int = 8) -> dict[tuple, float]:
+    """{simplex (sorted chart tuple, up to MAX_SIMPLEX_SIZE charts): entry threshold} (module docstring)."""
+    order, ranked, _ = _ranked_scores(cover, max_charts)
+    m = order.shape[1]
+    entry: dict[tuple, float] = {}
+    for size in range(1, min(MAX_SIMPLEX_SIZE, m) + 1):
+        keys, values = [], []
+        for combo in combinations(range(m), size):
+            cols = list(combo)
+            keys.append(np.sort(order[:, cols], axis=1))
+            values.append(ranked[:, cols].max(axis=1))  # ranked is ascending: the max is the last column
+        keys, values = np.concatenate(keys), np.concatenate(values)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        best = np.full(len(uniq), np.inf)
+        np.minimum.at(best, inverse.ravel(), values)
+        entry.update({tuple(int(c) for c in key): float(v) for key, v in zip(uniq, best) if np.isfinite(v)})
+    return entry
+
+
+def nerve_barcodes(cover: ChartCover, max_charts: int = 8, coeffs=FIELDS) -> Barcodes:
+    """Barcodes (dimensions 0-2) of the nerve filtration, per coefficient field."""
+    import gudhi
+
+    entry = nerve_entry_values(cover, max_charts)
+    exact_until = _ranked_scores(cover, max_charts)[2]
+    last = max(max(entry.values()), exact_until if np.isfinite(exact_until) else 0.0)
+    diagrams = {}
+    for coeff in coeffs:
+        tree = gudhi.SimplexTree()
+        for simplex, value in entry.items():
+            tree.insert(list(simplex), filtration=value)
+        tree.make_filtration_non_decreasing()
+        tree.compute_persistence(homology_coeff_field=int(coeff), persistence_dim_max=True)
+        dgms = []
+        for dim in range(3):
+            bars = np.asarray(tree.persistence_intervals_in_dimension(dim), dtype=np.float64).reshape(-1, 2)
+            if dim > 0:
+                bars[~np.isfinite(bars[:, 1]), 1] = last  # classes alive at the end (module docstring)
+            dgms.append(bars)
+        diagrams[int(coeff)] = dgms
+    return Barcodes(diagrams, cover.n_charts, float("nan"), extra={"complex": "chart nerve filtration",
+                                                                   "max_charts": int(max_charts), "end": last,
+                                                                   "n_simplices": len(entry)})
+
+
+def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = 8, rule: BettiRule = BettiRule()) -> dict:
+    """The chart nerve's verdict from its barcodes (module docstring), with orientability at tau*."""
+    barcodes = nerve_barcodes(cover, max_charts)
+    reading = read_betti(barcodes, rule)
+    z2, z3 = reading["betti"]["Z2"], reading["betti"]["Z3"]
+    long_births = [b for dgm in barcodes.diagrams[2][1:] for b, d in dgm if d - b >= reading["threshold"]]
+    tau_star = max(long_births) if long_births else 0.0
+    orientable = None
+    if cover.dim == 2:
+        orientable = nerve_summary(cover, tau_star, points=points).get("orientability", {}).get("orientable")
+    named = name_topology(z2, z3, orientable)
+    return {
+        "name": named if reading["reliable"] else f"other (no clear gap between long and short bars: {named})",
+        "named": named,
+        **reading,
+        "orientable": orientable,
+        "tau_star": float(tau_star),
+        "top_bars": top_lengths(barcodes),
+        "barcodes": barcodes,
+    }

@@ -1,0 +1,61 @@
+"""The chart nerve read as a filtration over the overlap threshold (nerve_persistence.py)."""
+
+import numpy as np
+import pytest
+
+from patchreg.topology.cover import ChartCover, fit_local_pca_cover
+from patchreg.topology.models import sample_model
+from patchreg.topology.nerve import nerve_homology, nerve_simplices
+from patchreg.topology.nerve_persistence import nerve_barcodes, nerve_entry_values, persistent_chart_verdict
+
+
+def _cover(scores, dim=1):
+    scores = np.asarray(scores, dtype=np.float64)
+    return ChartCover(scores=scores, tangents=np.zeros((scores.shape[1], 2, dim)), dim=dim)
+
+
+def test_entry_is_the_best_witness_of_the_worst_chart():
+    cover = _cover([[0.0, 0.5, 2.0],   # best chart 0; with chart 1 at 0.5, with chart 2 at 2.0
+                    [0.3, 0.1, 0.4],   # best chart 1 (score set to 0): {0,1} at 0.3, {1,2} at 0.4, {0,1,2} at 0.4
+                    [1.0, 3.0, 0.2]])  # best chart 2: {0,2} at 1.0
+    entry = nerve_entry_values(cover)
+    assert entry[(0,)] == 0.0 and entry[(1,)] == 0.0 and entry[(2,)] == 0.0
+    assert entry[(0, 1)] == 0.3 and entry[(1, 2)] == 0.4 and entry[(0, 2)] == 0.4 and entry[(0, 1, 2)] == 0.4
+    assert nerve_entry_values(cover, max_charts=2).get((0, 1, 2)) is None  # only each point's 2 best charts
+    with pytest.raises(ValueError, match="max_charts must be >= 1"):
+        nerve_entry_values(cover, max_charts=0)
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.35, 0.45, 1.5])
+def test_filtration_at_tau_is_the_nerve_at_tau(tau):
+    rng = np.random.default_rng(0)
+    cover = _cover(rng.uniform(0, 2, (200, 6)))
+    entry = nerve_entry_values(cover, max_charts=6)
+    at_tau = {s for s, v in entry.items() if v <= tau}
+    assert at_tau == set(nerve_simplices(cover.membership(tau)))
+
+
+def test_a_loop_of_charts_gives_one_long_h1_bar():
+    # 8 charts around a circle (centres 0.785 apart, score = angular distance - 0.3): neighbours overlap at
+    # 0.393 - 0.3 = 0.093 and close the loop; with 2 charts a point the filtration is exact until the third
+    # chart's score, 0.785 - 0.3 = 0.485, so the loop's bar runs from 0.093 to 0.485
+    angles = np.linspace(0, 2 * np.pi, 400, endpoint=False)
+    centres = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    gap = np.abs(np.angle(np.exp(1j * (angles[:, None] - centres[None]))))
+    cover = _cover(np.maximum(0.0, gap - 0.3))
+    bars = nerve_barcodes(cover, max_charts=2).diagrams
+    for coeff in (2, 3):
+        h1 = bars[coeff][1]
+        assert len(h1) == 1 and h1[0] == pytest.approx([0.0927, 0.4854], abs=2e-3)
+    assert np.isinf(bars[2][0][:, 1]).sum() == 1
+
+
+@pytest.mark.parametrize("model, name, orientable", [("klein", "Klein bottle", False), ("torus", "torus", True),
+                                                     ("sphere", "sphere", True)])
+def test_surfaces_are_named_through_a_local_pca_cover(model, name, orientable):
+    points, _ = sample_model(model, 3000, seed=0)
+    r = persistent_chart_verdict(fit_local_pca_cover(points, 24, 2, 0), points=points)
+    assert r["name"] == name and r["reliable"] and r["orientable"] is orientable
+    z2 = r["betti"]["Z2"]
+    assert nerve_homology([s for s, v in nerve_entry_values(fit_local_pca_cover(points, 24, 2, 0)).items()
+                           if v <= r["tau_star"]], 2)[0][0] == z2[0]
