@@ -25,6 +25,9 @@ def test_points_end_to_end(circle_file, tmp_path, capsys):
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "circle"
     assert verdict["n_core"] == 600 and verdict["charts"]["threshold_scan"]
+    persistence = verdict["charts"]["persistence"]  # the same cover's nerve filtration, read by the long-bar rule
+    assert persistence["verdict"] == "circle" and persistence["betti"]["Z2"] == [1, 1, 0]
+    assert "the nerve filtration over tau" in (out / "report.md").read_text()
     for name in ("report.md", "barcodes.png", "klein_square.png", "chart_patches.png"):
         assert (out / name).stat().st_size > 0
     assert "circle" in capsys.readouterr().out

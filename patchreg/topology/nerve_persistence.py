@@ -14,8 +14,10 @@ at any single threshold carries a few short-lived loops; those are short bars he
 
 Only the max_charts best charts of each point enter (the scan of chart_verdict also stops once
 points lie in 8 charts on average), so the filtration is exact up to T, the smallest score of any
-point's first chart left out; classes still alive at the end die at max(T, last entry value) (a
-loop of charts that never fills lives that long), H0's infinite bar stays infinite.
+point's first chart left out: beyond T simplices would be missing and spurious voids appear. The
+filtration is read up to T (simplices entering later are dropped; every simplex when no chart was
+left out) and classes still alive there die at T (a loop of charts that never fills lives that
+long); H0's infinite bar stays infinite.
 Orientability is read on the nerve at tau* = the latest birth of a long bar over Z/2: the most
 local threshold at which every long class is born.
 """
@@ -72,7 +74,8 @@ def nerve_barcodes(cover: ChartCover, max_charts: int = 8, coeffs=FIELDS) -> Bar
 
     entry = nerve_entry_values(cover, max_charts)
     exact_until = _ranked_scores(cover, max_charts)[2]
-    last = max(max(entry.values()), exact_until if np.isfinite(exact_until) else 0.0)
+    last = exact_until if np.isfinite(exact_until) else max(entry.values())
+    entry = {simplex: value for simplex, value in entry.items() if value <= last}
     diagrams = {}
     for coeff in coeffs:
         tree = gudhi.SimplexTree()

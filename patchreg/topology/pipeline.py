@@ -25,6 +25,7 @@ from .cover import ChartCover, choose_num_charts, estimate_chart_dim, fit_local_
 from .density import check_core_parameters, density_core
 from .landmarks import maxmin_landmarks
 from .nerve import nerve_summary
+from .nerve_persistence import persistent_chart_verdict
 from .persistence import BettiRule, compute_barcodes, read_betti, top_lengths
 from .verdict import name_topology, stable_verdict
 from .witness import witness_barcodes
@@ -170,6 +171,8 @@ def analyse_points(
         if len(core_points) > max_chart_points:
             subset = core_points[np.sort(rng.choice(len(core_points), max_chart_points, replace=False))]
         result["charts"] = homology_from_charts(subset, n_charts, dim, seed, cover_fitter=cover_fitter)
+        # the same cover read over every threshold at once (nerve_persistence.py), as a second reading
+        result["charts"]["persistence"] = persistent_chart_verdict(result["charts"]["cover"], points=subset)
         result["charts"]["n_points_used"] = len(subset)
         result["charts"]["cover_kind"] = getattr(cover_fitter, "description", "local PCA" if cover_fitter is None else "custom")
         result["core_points_for_charts"] = subset

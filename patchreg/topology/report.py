@@ -84,6 +84,13 @@ def verdict_json(result: dict, inputs: dict) -> dict:
             "k_selection": ch["k_selection"],
             "threshold_scan": _scan_rows(ch["scan"]),
         }
+        if "persistence" in ch:
+            pc = ch["persistence"]
+            out["charts"]["persistence"] = {
+                "verdict": pc["name"], "betti": {k: list(v) for k, v in pc["betti"].items()},
+                "gap": None if not np.isfinite(pc["gap"]) else round(float(pc["gap"]), 3), "reliable": pc["reliable"],
+                "orientable": pc["orientable"], "tau_star": pc["tau_star"], "top_bar_lengths": pc["top_bars"],
+            }
     names = [out["persistence"]["verdict"]] + ([out["charts"]["verdict"]] if "charts" in out else [])
     out["verdict"] = names[0] if len(set(names)) == 1 else "disagreement: " + " / ".join(names)
     return out
@@ -192,6 +199,10 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
             f"- Betti Z/2 {ch['betti']['Z2']}, Z/3 {ch['betti']['Z3']}, Euler characteristic {ch['euler_characteristic']}, "
             f"orientable: {ch['orientable']}",
             f"- cover: {ch['cover']}",
+            *([f"- the nerve filtration over tau (barcodes, long-bar rule): {ch['persistence']['verdict']}, Betti Z/2 "
+               f"{ch['persistence']['betti']['Z2']}, Z/3 {ch['persistence']['betti']['Z3']}, gap {ch['persistence']['gap']}, "
+               f"orientable at tau* = {ch['persistence']['tau_star']:.3f}: {ch['persistence']['orientable']}"]
+              if "persistence" in ch else []),
             f"- K = {ch['n_charts']} charts of dimension {ch['dim']} on {ch['n_points_used']} points; K selection: {ch['k_selection']}",
             "",
             "Threshold scan (stability analysis):",
