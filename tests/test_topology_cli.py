@@ -97,15 +97,21 @@ def test_points_off_the_sphere_are_refused(tmp_path, capsys):
     assert "unit sphere" in capsys.readouterr().err
 
 
-def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
-    # --images DIR with every patch (the default): patch set and kNN cached; a second run reuses both
+def _noise_images(tmp_path, seed):
+    """A folder of two 30 x 30 noise images (28 x 28 = 784 3x3 patches each)."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(2):
         Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
+def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
+    # --images DIR with every patch (the default): patch set and kNN cached; a second run reuses both
+    folder = _noise_images(tmp_path, 0)
     args = ["topology", "--images", str(folder), "--patch-size", "3", "--no-charts", "--core-ks", "10,30",
             "--core-qs", "30", "--denoise", "0", "--landmarks", "40", "--cache", str(tmp_path / "cache")]
     assert main(args + ["--out", str(tmp_path / "a")]) == 0
@@ -120,13 +126,7 @@ def test_images_at_scale_resumes_from_caches_and_names_a_model(tmp_path):
 
 
 def test_images_with_rotations_read_the_rotated_patch_set(tmp_path):
-    from PIL import Image
-
-    rng = np.random.default_rng(1)
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 256, (30, 30), dtype=np.uint8)).save(folder / f"im{i}.png")
+    folder = _noise_images(tmp_path, 1)
     out = tmp_path / "rot"
     assert main(["topology", "--images", str(folder), "--patch-size", "3", "--no-charts", "--core", "10,30", "--denoise",
                  "0", "--landmarks", "30", "--rotations", "3", "--out", str(out)]) == 0
