@@ -51,7 +51,12 @@ def _ranked_scores(cover: ChartCover, max_charts: int) -> tuple[np.ndarray, np.n
 
 def nerve_entry_values(cover: ChartCover, max_charts: int = 8) -> dict[tuple, float]:
     """{simplex (sorted chart tuple, up to MAX_SIMPLEX_SIZE charts): entry threshold} (module docstring)."""
-    order, ranked, _ = _ranked_scores(cover, max_charts)
+    return _entry_values_and_end(cover, max_charts)[0]
+
+
+def _entry_values_and_end(cover: ChartCover, max_charts: int) -> tuple[dict[tuple, float], float]:
+    """(entry values, T: the threshold up to which they are exact)."""
+    order, ranked, exact_until = _ranked_scores(cover, max_charts)
     m = order.shape[1]
     entry: dict[tuple, float] = {}
     for size in range(1, min(MAX_SIMPLEX_SIZE, m) + 1):
@@ -65,15 +70,14 @@ def nerve_entry_values(cover: ChartCover, max_charts: int = 8) -> dict[tuple, fl
         best = np.full(len(uniq), np.inf)
         np.minimum.at(best, inverse.ravel(), values)
         entry.update({tuple(int(c) for c in key): float(v) for key, v in zip(uniq, best) if np.isfinite(v)})
-    return entry
+    return entry, exact_until
 
 
 def nerve_barcodes(cover: ChartCover, max_charts: int = 8, coeffs=FIELDS) -> Barcodes:
     """Barcodes (dimensions 0-2) of the nerve filtration, per coefficient field."""
     import gudhi
 
-    entry = nerve_entry_values(cover, max_charts)
-    exact_until = _ranked_scores(cover, max_charts)[2]
+    entry, exact_until = _entry_values_and_end(cover, max_charts)
     last = exact_until if np.isfinite(exact_until) else max(entry.values())
     entry = {simplex: value for simplex, value in entry.items() if value <= last}
     diagrams = {}
