@@ -46,6 +46,11 @@ def _chart_outputs(model, x: torch.Tensor, batch: int):
 OVERLAPS = ("reconstruction", "ownership")
 
 
+def _check_overlap(overlap: str) -> None:
+    if overlap not in OVERLAPS:
+        raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
+
+
 def _distance_to_owned(pts: np.ndarray, own: np.ndarray, n_charts: int) -> np.ndarray:
     """(N, K): distance from each point to the nearest point owned by chart k (inf for a chart owning none)."""
     from scipy.spatial import cKDTree
@@ -60,8 +65,7 @@ def _distance_to_owned(pts: np.ndarray, own: np.ndarray, n_charts: int) -> np.nd
 
 def cover_from_chart_mixture(model, points, batch: int = 1024, overlap: str = "reconstruction") -> ChartCover:
     """The ChartCover of a trained ChartMixture on points (N, n) (module docstring)."""
-    if overlap not in OVERLAPS:
-        raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
+    _check_overlap(overlap)
     x = torch.as_tensor(np.asarray(points), dtype=model.log_alpha.dtype)
     if x.ndim != 2 or x.shape[1] != model.ambient_dim:
         raise ValueError(f"points must have shape (N, {model.ambient_dim}), got {tuple(x.shape)}")
@@ -95,12 +99,11 @@ def fit_chart_mixture_cover(points, n_charts: int, dim: int, seed: int = 0, conf
     charts, latent dim `dim`) on the points, then read its cover. config: a TrainConfig."""
     from ..charts import TrainConfig, build_mixture, train_mixture
 
+    _check_overlap(overlap)  # before the training, not after
     pts = torch.as_tensor(np.asarray(points), dtype=torch.float32)
     torch.manual_seed(seed)
     model = build_mixture("fif", int(n_charts), pts.shape[1], int(dim), width=width)
     config = config or TrainConfig(seed=seed)
-    if overlap not in OVERLAPS:
-        raise ValueError(f"overlap must be one of {OVERLAPS}, got {overlap!r}")
     train_mixture(model, pts, config, progress=progress)
     return cover_from_chart_mixture(model, pts, overlap=overlap)
 
