@@ -17,7 +17,8 @@ witness complex, on density cores against the FULL high-contrast set of train400
    reading with the largest gap among those that name a topology, i.e. not "other"); its readings on the
    held-out subsamples 1..S-1 are the result.
 5. The chart nerve on the chosen core (first `--nerve` subsamples): a learned FIF chart mixture with d = 2
-   charts, K = 24, 8000 core points (patchreg.topology.learned_cover), its nerve and orientability.
+   charts, K = 48, fitted on 3000 maxmin (density-balanced) core points (patchreg.topology.learned_cover,
+   pipeline.chart_subset), its nerve and orientability.
 
   OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python bench/topology_klein_witness.py --cache /work/runs/topology_cache \\
       --subsamples 6 --nerve 3
@@ -70,8 +71,11 @@ def parse_args(argv=None):
     p.add_argument("--denoise", type=int, default=100, help="m nearest core points averaged")
     p.add_argument("--bins", type=int, default=16)
     p.add_argument("--nerve", type=int, default=3, help="subsamples whose chosen core gets the chart nerve")
-    p.add_argument("--nerve-charts", type=int, default=24, help="K of the learned chart mixture (d = 2)")
-    p.add_argument("--nerve-points", type=int, default=8000, help="core points the charts are fitted on")
+    p.add_argument("--nerve-charts", type=int, default=48, help="K of the learned chart mixture (d = 2)")
+    p.add_argument("--nerve-points", type=int, default=3000, help="core points the charts are fitted on")
+    p.add_argument("--nerve-sample", default="maxmin", choices=["maxmin", "random"],
+                   help="how those points are drawn from the core (patchreg.topology.pipeline.chart_subset); the "
+                        "report of 2026-12-07 morning used --nerve-charts 24 --nerve-points 8000 --nerve-sample random")
     p.add_argument("--nerve-steps", type=int, default=300, help="mixture steps (learned_cover.default_train_config)")
     p.add_argument("--nerve-overlap", default="reconstruction", choices=["reconstruction", "ownership"],
                    help="how chart overlaps are read (learned_cover.py)")
@@ -148,15 +152,14 @@ def choose(rows):
             "no reading named a topology: largest gap"}
 
 
-def chart_nerve(points, seed, n_charts=24, n_points=8000, steps=300, overlap="reconstruction"):
+def chart_nerve(points, seed, n_charts=48, n_points=3000, steps=300, overlap="reconstruction", sample="maxmin"):
     """The learned chart nerve two ways from one cover: the scan's stable verdict (pipeline.chart_verdict) and
     the barcodes of the nerve filtration over tau (nerve_persistence.py)."""
     from patchreg.topology.learned_cover import fit_chart_mixture_cover, default_train_config
     from patchreg.topology.nerve_persistence import persistent_chart_verdict
-    from patchreg.topology.pipeline import chart_verdict
+    from patchreg.topology.pipeline import chart_subset, chart_verdict
 
-    rng = np.random.default_rng(seed)
-    sub = points[np.sort(rng.choice(len(points), min(n_points, len(points)), replace=False))]
+    sub = chart_subset(points, sample, n_points, seed)
     start = time.time()
     cover = fit_chart_mixture_cover(sub, n_charts, 2, seed, config=default_train_config(seed, steps), width=32,
                                     overlap=overlap)
@@ -169,7 +172,7 @@ def chart_nerve(points, seed, n_charts=24, n_points=8000, steps=300, overlap="re
                             "orientable": pers["orientable"], "tau_star": round(pers["tau_star"], 3),
                             "H1": [pers["top_bars"]["Z2 H1"][:4], pers["top_bars"]["Z3 H1"][:4]],
                             "H2": [pers["top_bars"]["Z2 H2"][:3], pers["top_bars"]["Z3 H2"][:3]]},
-            "n_charts": n_charts, "n_points": len(sub), "steps": steps, "overlap": overlap,
+            "n_charts": n_charts, "n_points": len(sub), "sample": sample, "steps": steps, "overlap": overlap,
             "seconds": round(time.time() - start)}
 
 
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
         if s < args.nerve:
             idx = cores_of(rho[rows_s], theta, chosen["q"], args.bins)[chosen["kind"]]
             nerve = chart_nerve(denoise(points[idx], args.denoise), s, args.nerve_charts, args.nerve_points,
-                                args.nerve_steps, args.nerve_overlap)
+                                args.nerve_steps, args.nerve_overlap, args.nerve_sample)
             results["nerve"].append({"subsample": s, **nerve})
             print(f"  chart nerve s{s}: {nerve}", flush=True)
         atomic_write_json(out.with_suffix(".json"), results)
@@ -294,7 +297,7 @@ def markdown(results, command, fig_dir):
     if results["nerve"]:
         n0 = results["nerve"][0]
         lines += ["", f"## Chart nerve of the chosen core (learned FIF charts, d = 2, K = {n0.get('n_charts', 24)}, "
-                  f"{n0.get('n_points', 8000)} points, {n0.get('steps', 300)} mixture steps, overlaps by "
+                  f"{n0.get('n_points', 8000)} {n0.get('sample', 'random')} core points, {n0.get('steps', 300)} mixture steps, overlaps by "
                   f"{n0.get('overlap', 'reconstruction')})", "",
                   "Scan: the Betti numbers held on 3 consecutive overlap thresholds (pipeline.chart_verdict). Persistence: the "
                   "barcodes of the nerve filtration over the threshold, read by the long-bar rule (nerve_persistence.py), "

@@ -25,6 +25,7 @@ def test_points_end_to_end(circle_file, tmp_path, capsys):
     verdict = json.loads((out / "verdict.json").read_text())
     assert verdict["verdict"] == "circle"
     assert verdict["n_core"] == 600 and verdict["charts"]["threshold_scan"]
+    assert verdict["charts"]["sample"] == "maxmin" and verdict["charts"]["n_points_used"] == 600  # all: fewer than 3000
     persistence = verdict["charts"]["persistence"]  # the same cover's nerve filtration, read by the long-bar rule
     assert persistence["verdict"] == "circle" and persistence["betti"]["Z2"] == [1, 1, 0]
     assert "the nerve filtration over tau" in (out / "report.md").read_text()
@@ -178,6 +179,7 @@ def test_orientation_bins_take_the_core_per_orientation(circle_file, tmp_path):
     (["--orientation-bins", "4", "--any-points"], "--orientation-bins needs patch data"),
     (["--rotations", "0"], "--rotations must be >= 1"),
     (["--rotations", "4"], "--rotations needs --images DIR"),
+    (["--max-chart-points", "0"], "--max-chart-points must be >= 1"),
 ])
 def test_bad_persistence_options_are_clear_errors(circle_file, tmp_path, capsys, extra, message):
     assert main(["topology", "--points", str(circle_file), "--out", str(tmp_path / "o"), "--no-charts"] + extra) == 2

@@ -46,3 +46,14 @@ def test_torus_and_klein_bottle_differ_over_z3(seed):
         points, _ = sample_model(name, 3000, seed=seed, patch_size=5)
         ph = homology_from_persistence(points, n_landmarks=100, seed=seed)
         assert ph["name"] == truth, (name, ph["betti"])
+
+
+def test_skeletal_klein_bottle_keeps_most_points_near_the_three_circles():
+    from patchreg.topology.model_fit import project_to_model
+
+    points, truth = sample_model("skeletal-klein", 4000, seed=0)
+    assert truth == "Klein bottle"
+    on_klein = project_to_model(points, 3, "klein")[0]
+    near_circles = project_to_model(points, 3, "three-circle")[0]
+    assert np.median(on_klein) < 0.05  # on the Klein bottle
+    assert 0.8 < np.mean(near_circles < 0.25) < 0.97  # mostly near the circles, a sheet of about 10% away from them

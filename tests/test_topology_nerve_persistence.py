@@ -59,3 +59,56 @@ def test_surfaces_are_named_through_a_local_pca_cover(model, name, orientable):
     z2 = r["betti"]["Z2"]
     assert nerve_homology([s for s, v in nerve_entry_values(fit_local_pca_cover(points, 24, 2, 0)).items()
                            if v <= r["tau_star"]], 2)[0][0] == z2[0]
+
+
+def test_entry_values_equal_the_brute_force_minimum_over_points():
+    # every simplex of up to 4 charts among each point's max_charts best, its entry the best witness's worst score
+    from itertools import combinations
+
+    rng = np.random.default_rng(3)
+    cover = _cover(rng.uniform(0, 2, (60, 30)))
+    for max_charts in (3, 7):
+        expected = {}
+        scores = cover.scores.copy()
+        scores[np.arange(len(scores)), np.argmin(scores, axis=1)] = 0.0
+        for row in scores:
+            best = np.argsort(row, kind="stable")[:max_charts]
+            for size in range(1, 5):
+                for simplex in combinations(sorted(best.tolist()), size):
+                    value = row[list(simplex)].max()
+                    expected[simplex] = min(value, expected.get(simplex, np.inf))
+        assert nerve_entry_values(cover, max_charts=max_charts) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_skeletal_klein_bottle_needs_a_density_balanced_chart_sample(seed):
+    # 90% of the points near the three circles, as in natural-image cores: charts fitted on a random sample never
+    # overlap across the thin sheet and the nerve misses the Klein bottle; on a maxmin sample it is read
+    from patchreg.topology.pipeline import chart_subset
+
+    points, truth = sample_model("skeletal-klein", 20000, seed=seed)
+    readings = {}
+    for sample in ("maxmin", "random"):
+        subset = chart_subset(points, sample, 3000, seed)
+        assert len(subset) == 3000
+        readings[sample] = persistent_chart_verdict(fit_local_pca_cover(subset, 24, 2, seed), points=subset)
+    assert readings["maxmin"]["name"] == truth == "Klein bottle" and readings["maxmin"]["orientable"] is False
+    assert readings["random"]["name"] != truth
+
+
+def test_chart_subset_bounds_and_samples():
+    from patchreg.topology.pipeline import analyse_points, chart_subset
+
+    rng = np.random.default_rng(0)
+    # a dense cluster of 900 points and a sparse ring of 100: maxmin gives the ring most of a 60-point sample
+    cluster = 0.01 * rng.standard_normal((900, 2))
+    angle = rng.uniform(0, 2 * np.pi, 100)
+    points = np.r_[cluster, np.c_[np.cos(angle), np.sin(angle)]]
+    on_ring = lambda sub: int((np.linalg.norm(sub, axis=1) > 0.5).sum())  # noqa: E731
+    assert on_ring(chart_subset(points, "maxmin", 60, seed=0)) >= 50
+    assert on_ring(chart_subset(points, "random", 60, seed=0)) <= 15
+    assert chart_subset(points, "maxmin", 5000).shape == points.shape  # fewer points than asked: all of them
+    with pytest.raises(ValueError, match="chart_sample must be one of"):
+        chart_subset(points, "grid")
+    with pytest.raises(ValueError, match="max_chart_points must be an int >= 1"):
+        analyse_points(points, chart_sample="random", max_chart_points=0)

@@ -78,7 +78,11 @@ def register(subparsers) -> None:
     parser.add_argument("--cache", default=None, help="cache folder for the patch set and kNN (default: OUT/cache)")
     parser.add_argument("--n-reference", type=int, default=100_000, help="at scale: kNN reference points")
     parser.add_argument("--n-queries", type=int, default=15_000, help="at scale: points whose density is estimated")
-    parser.add_argument("--max-chart-points", type=int, default=8000, help="core points used to fit charts")
+    parser.add_argument("--max-chart-points", type=int, default=None,
+                        help="core points used to fit charts (default: 3000 for --chart-sample maxmin, 8000 for random)")
+    parser.add_argument("--chart-sample", choices=["maxmin", "random"], default="maxmin",
+                        help="how the chart points are drawn from the core: maxmin (density-balanced, as the witness "
+                             "landmarks; the thin sheet between the three circles gets its share) or seeded random")
     parser.add_argument("--no-charts", action="store_true", help="persistent homology only")
     parser.add_argument("--cover", default="pca", choices=["pca", "learned"],
                         help="charts of the nerve: local PCA (fast) or a learned FIF chart mixture")
@@ -145,6 +149,8 @@ def _check_args(args):
         raise ValueError("--orientation-bins needs patch data (not --any-points)")
     if args.rotations < 1:
         raise ValueError(f"--rotations must be >= 1 (1: the images as they are), got {args.rotations}")
+    if args.max_chart_points is not None and args.max_chart_points < 1:
+        raise ValueError(f"--max-chart-points must be >= 1, got {args.max_chart_points}")
     if args.rotations > 1 and (args.images in (None, "bundled") or args.patches_per_image != "all"):
         raise ValueError("--rotations needs --images DIR with --patches-per-image all (the at-scale patch set)")
     if args.images is not None and args.images != "bundled" and not Path(args.images).is_dir():
@@ -263,7 +269,7 @@ def run(args) -> int:
     result = analyse_points(core_points, core=None, n_landmarks=min(n_landmarks, len(core_points)), n_charts=args.charts,
                             dim=args.chart_dim if args.chart_dim == "auto" else int(args.chart_dim), seed=args.seed,
                             max_chart_points=args.max_chart_points, charts=not args.no_charts, cover_fitter=fitter,
-                            complex=args.complex)
+                            complex=args.complex, chart_sample=args.chart_sample)
     result.update(n_points=n, core=core_label, n_core=len(core_points))
     extra["persistence_fragility"] = _landmark_fragility(core_points, min(n_landmarks, len(core_points)), args.seed,
                                                          result["persistence"]["name"], args.complex)

@@ -7,6 +7,8 @@ Patch models (any patch size p) go through the same patch-space map as image pat
 - primary circle: linear patches a x + b y (c = 0, d = 1);
 - three-circle model: primary circle plus the horizontal (a, b) = (1, 0) and vertical (0, 1)
   secondary circles c x^2 + d x, c y^2 + d y; 3 circles meeting in 4 points, b1 = 5.
+- skeletal Klein bottle: the Klein bottle with most of its mass near the three circles (a thin
+  sheet between them), as in the density cores of natural-image patches.
 Plain point clouds: a flat (Clifford) torus on S^3, the round sphere S^2, the projective plane
 (Veronese embedding of S^2 in S^5), several disjoint circles.
 Each generator returns (points, expected) with `expected` the true Betti numbers over Z/2, Z/3.
@@ -67,6 +69,22 @@ def klein_bottle(n, rng, patch_size=3):
     return _to_sphere(polynomial_patches(t, u, patch_size))
 
 
+def skeletal_klein_bottle(n, rng, patch_size=3, sheet=0.1, jitter=0.1):
+    """A fraction `sheet` of the points uniform on the Klein bottle, the rest on the three circles
+    (each chosen with equal odds) with Gaussian jitter `jitter` (radians) across them."""
+    if patch_size < 3:
+        raise ValueError("the Klein bottle model needs patch_size >= 3 (quadratics are constant on 2x2)")
+    n_sheet = int(round(n * sheet))
+    t_sheet, u_sheet = rng.uniform(0, 2 * np.pi, (2, n_sheet))
+    n_circles = n - n_sheet
+    circle = rng.integers(0, 3, n_circles)  # 0 primary, 1 horizontal, 2 vertical
+    along = rng.uniform(0, 2 * np.pi, n_circles)
+    across = jitter * rng.standard_normal(n_circles)
+    t = np.where(circle == 0, along, np.where(circle == 1, 0.0, np.pi / 2) + across)
+    u = np.where(circle == 0, np.pi / 2 + across, along)
+    return _to_sphere(polynomial_patches(np.r_[t_sheet, t], np.r_[u_sheet, u], patch_size))
+
+
 def primary_circle(n, rng, patch_size=3):
     t = rng.uniform(0, 2 * np.pi, n)
     return _to_sphere(polynomial_patches(t, np.full(n, np.pi / 2), patch_size))
@@ -116,6 +134,7 @@ def two_circles(n, rng, patch_size=None):
 # name -> (generator, true topology name)
 MODELS = {
     "klein": (klein_bottle, "Klein bottle"),
+    "skeletal-klein": (skeletal_klein_bottle, "Klein bottle"),
     "primary-circle": (primary_circle, "circle"),
     "three-circle": (three_circle, "three-circle model"),
     "torus": (torus, "torus"),

@@ -12,12 +12,12 @@ the same rule as the landmark complexes, instead of asking one Betti vector to h
 consecutive thresholds (pipeline.chart_verdict). Thick, noisy data give a nerve whose homology
 at any single threshold carries a few short-lived loops; those are short bars here.
 
-Only the max_charts best charts of each point enter (the scan of chart_verdict also stops once
-points lie in 8 charts on average), so the filtration is exact up to T, the smallest score of any
-point's first chart left out: beyond T simplices would be missing and spurious voids appear. The
-filtration is read up to T (simplices entering later are dropped; every simplex when no chart was
+Only the max_charts best charts of each point enter (MAX_CHARTS = 16 by default), so the filtration
+is exact up to T, the smallest score of any point's first chart left out: beyond T simplices would
+be missing and spurious voids appear. The filtration is read up to T (simplices entering later are dropped; every simplex when no chart was
 left out) and classes still alive there die at T (a loop of charts that never fills lives that
-long); H0's infinite bar stays infinite.
+long); H0's infinite bar stays infinite. T must lie past the death of a surface's free loops: where it
+does not, the loops' bars end at T over both fields alike and a torsion class cannot show.
 Orientability is read on the nerve at tau* = the latest birth of a long bar over Z/2: the most
 local threshold at which every long class is born.
 """
@@ -33,7 +33,12 @@ from .nerve import MAX_SIMPLEX_SIZE, nerve_summary
 from .persistence import FIELDS, Barcodes, BettiRule, read_betti, top_lengths
 from .verdict import name_topology
 
-__all__ = ["nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+__all__ = ["MAX_CHARTS", "nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+
+# A point's best charts that enter. 8 ended the filtration on the rotated natural-image cores before the
+# Klein bottle's free loops died, so both fields' H1 bars ran to the end and the torsion did not show;
+# 16 and 24 gave the same reading there (bench/RESULTS.md, issue 12).
+MAX_CHARTS = 16
 
 
 def _ranked_scores(cover: ChartCover, max_charts: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -49,7 +54,7 @@ def _ranked_scores(cover: ChartCover, max_charts: int) -> tuple[np.ndarray, np.n
     return order, np.take_along_axis(scores, order, axis=1), exact_until
 
 
-def nerve_entry_values(cover: ChartCover, max_charts: int = 8) -> dict[tuple, float]:
+def nerve_entry_values(cover: ChartCover, max_charts: int = MAX_CHARTS) -> dict[tuple, float]:
     """{simplex (sorted chart tuple, up to MAX_SIMPLEX_SIZE charts): entry threshold} (module docstring)."""
     return _entry_values_and_end(cover, max_charts)[0]
 
@@ -57,23 +62,52 @@ def nerve_entry_values(cover: ChartCover, max_charts: int = 8) -> dict[tuple, fl
 def _entry_values_and_end(cover: ChartCover, max_charts: int) -> tuple[dict[tuple, float], float]:
     """(entry values, T: the threshold up to which they are exact)."""
     order, ranked, exact_until = _ranked_scores(cover, max_charts)
-    m = order.shape[1]
+    m, n_charts = order.shape[1], cover.n_charts
     entry: dict[tuple, float] = {}
     for size in range(1, min(MAX_SIMPLEX_SIZE, m) + 1):
-        keys, values = [], []
+        # one int64 code per simplex (its sorted charts in base K) keeps the reduction 1-D and small
+        codes, values = [np.empty(0, dtype=np.int64)], [np.empty(0)]
+        pending = 0
         for combo in combinations(range(m), size):
             cols = list(combo)
-            keys.append(np.sort(order[:, cols], axis=1))
+            keys = np.sort(order[:, cols], axis=1).astype(np.int64)
+            code = keys[:, 0].copy()
+            for c in range(1, size):
+                code = code * n_charts + keys[:, c]
+            codes.append(code)
             values.append(ranked[:, cols].max(axis=1))  # ranked is ascending: the max is the last column
-        keys, values = np.concatenate(keys), np.concatenate(values)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        best = np.full(len(uniq), np.inf)
-        np.minimum.at(best, inverse.ravel(), values)
-        entry.update({tuple(int(c) for c in key): float(v) for key, v in zip(uniq, best) if np.isfinite(v)})
+            pending += len(code)
+            if pending > _REDUCE_EVERY:
+                code_all, value_all = _min_per_code(np.concatenate(codes), np.concatenate(values))
+                codes, values, pending = [code_all], [value_all], 0
+        codes, values = _min_per_code(np.concatenate(codes), np.concatenate(values))
+        for code, value in zip(codes.tolist(), values.tolist()):
+            if np.isfinite(value):
+                entry[_decode(code, size, n_charts)] = value
     return entry, exact_until
 
 
-def nerve_barcodes(cover: ChartCover, max_charts: int = 8, coeffs=FIELDS) -> Barcodes:
+_REDUCE_EVERY = 4_000_000  # rows of (code, value) held before they are reduced to one per simplex
+
+
+def _min_per_code(codes: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each distinct code once, with its smallest value."""
+    order = np.lexsort((values, codes))
+    codes, values = codes[order], values[order]
+    first = np.ones(len(codes), dtype=bool)
+    first[1:] = codes[1:] != codes[:-1]
+    return codes[first], values[first]
+
+
+def _decode(code: int, size: int, n_charts: int) -> tuple:
+    charts = []
+    for _ in range(size):
+        code, c = divmod(code, n_charts)
+        charts.append(c)
+    return tuple(reversed(charts))
+
+
+def nerve_barcodes(cover: ChartCover, max_charts: int = MAX_CHARTS, coeffs=FIELDS) -> Barcodes:
     """Barcodes (dimensions 0-2) of the nerve filtration, per coefficient field."""
     import gudhi
 
@@ -99,7 +133,7 @@ def nerve_barcodes(cover: ChartCover, max_charts: int = 8, coeffs=FIELDS) -> Bar
                                                                    "n_simplices": len(entry)})
 
 
-def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = 8, rule: BettiRule = BettiRule()) -> dict:
+def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = MAX_CHARTS, rule: BettiRule = BettiRule()) -> dict:
     """The chart nerve's verdict from its barcodes (module docstring), with orientability at tau*."""
     barcodes = nerve_barcodes(cover, max_charts)
     reading = read_betti(barcodes, rule)

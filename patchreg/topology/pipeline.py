@@ -12,9 +12,13 @@
    K ("auto"): a nerve can need more charts than a fit. Starting from the smallest K whose
    charts are flat (cover.choose_num_charts), K runs through CHART_COUNTS and the first K whose
    stable verdict is reproduced by the next larger K is kept: the nerve has converged in K.
-   Charts are fitted on at most max_chart_points core points (random, seeded): 8000 by default;
-   measured on X(15, 30) of the real data, 4000 points gave thin overlaps and a verdict that
-   changed with the subsample, 8000 gave the three-circle model for both seeds tried.
+   Charts are fitted on at most max_chart_points core points, by default a maxmin sample of 3000
+   (chart_sample="maxmin"): density-balanced, as the witness complex's landmarks are. A random
+   sample of a patch core is dominated by its dense primary and secondary circles, and charts fitted
+   on it never overlap across the thin sheet between them: on the rotated natural-image cores
+   their nerve read the three-circle skeleton where the maxmin sample's reads the Klein bottle
+   (bench/RESULTS.md, issue 12). chart_sample="random" keeps the earlier seeded random sample
+   (8000 points by default: on X(15, 30) of the level images 4000 gave thin overlaps).
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ __all__ = [
     "homology_from_charts",
     "homology_from_persistence",
     "analyse_points",
+    "chart_subset",
+    "CHART_SAMPLES",
 ]
 
 DEFAULT_TAUS = tuple(float(t) for t in np.geomspace(0.1, 3.0, 11))
@@ -111,6 +117,30 @@ def homology_from_charts(points, n_charts="auto", dim="auto", seed: int = 0, tau
 
 
 COMPLEXES = ("rips", "witness")
+CHART_SAMPLES = {"maxmin": 3000, "random": 8000}  # how the chart points are drawn from the core: default count
+
+
+def _chart_points(chart_sample: str, max_chart_points: int | None) -> int:
+    if chart_sample not in CHART_SAMPLES:
+        raise ValueError(f"chart_sample must be one of {tuple(CHART_SAMPLES)}, got {chart_sample!r}")
+    n = CHART_SAMPLES[chart_sample] if max_chart_points is None else max_chart_points
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"max_chart_points must be an int >= 1, got {max_chart_points!r}")
+    return int(n)
+
+
+def chart_subset(points: np.ndarray, chart_sample: str = "maxmin", max_chart_points: int | None = None, seed: int = 0) -> np.ndarray:
+    """The points charts are fitted on (module docstring): all of them when there are few enough, else a
+    maxmin (density-balanced) or seeded random sample of max_chart_points, in their original order."""
+    n = _chart_points(chart_sample, max_chart_points)
+    points = np.asarray(points)
+    if len(points) <= n:
+        return points
+    if chart_sample == "maxmin":
+        chosen, _ = maxmin_landmarks(points, n, seed)
+    else:
+        chosen = np.random.default_rng(seed).choice(len(points), n, replace=False)
+    return points[np.sort(chosen)]
 
 
 def homology_from_persistence(points, n_landmarks: int = 150, seed: int = 0, maxdim: int = 2, rule: BettiRule = BettiRule(),
@@ -149,13 +179,15 @@ def analyse_points(
     n_charts="auto",
     dim="auto",
     seed: int = 0,
-    max_chart_points: int = 8000,
+    max_chart_points: int | None = None,
     charts: bool = True,
     cover_fitter=None,
     complex: str = "rips",
+    chart_sample: str = "maxmin",
 ) -> dict:
     """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict.
     cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts)."""
+    n_chart_points = _chart_points(chart_sample, max_chart_points)  # before any expensive work
     points = np.asarray(points, dtype=np.float64)
     if core is not None:
         k, q = core
@@ -166,14 +198,12 @@ def analyse_points(
     result = {"n_points": len(points), "core": None if core is None else list(core), "n_core": len(core_points)}
     result["persistence"] = homology_from_persistence(core_points, n_landmarks, seed, complex=complex)
     if charts:
-        rng = np.random.default_rng(seed)
-        subset = core_points
-        if len(core_points) > max_chart_points:
-            subset = core_points[np.sort(rng.choice(len(core_points), max_chart_points, replace=False))]
+        subset = chart_subset(core_points, chart_sample, n_chart_points, seed)
         result["charts"] = homology_from_charts(subset, n_charts, dim, seed, cover_fitter=cover_fitter)
         # the same cover read over every threshold at once (nerve_persistence.py), as a second reading
         result["charts"]["persistence"] = persistent_chart_verdict(result["charts"]["cover"], points=subset)
         result["charts"]["n_points_used"] = len(subset)
+        result["charts"]["sample"] = chart_sample
         result["charts"]["cover_kind"] = getattr(cover_fitter, "description", "local PCA" if cover_fitter is None else "custom")
         result["core_points_for_charts"] = subset
     result["core_points"] = core_points

@@ -80,6 +80,7 @@ def verdict_json(result: dict, inputs: dict) -> dict:
             "dim": ch["dim"],
             "n_charts": ch["n_charts"],
             "n_points_used": ch["n_points_used"],
+            "sample": ch.get("sample", "random"),
             "cover": ch.get("cover_kind", "local PCA"),
             "k_selection": ch["k_selection"],
             "threshold_scan": _scan_rows(ch["scan"]),
@@ -203,7 +204,7 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
                f"{ch['persistence']['betti']['Z2']}, Z/3 {ch['persistence']['betti']['Z3']}, gap {ch['persistence']['gap']}, "
                f"orientable at tau* = {ch['persistence']['tau_star']:.3f}: {ch['persistence']['orientable']}"]
               if "persistence" in ch else []),
-            f"- K = {ch['n_charts']} charts of dimension {ch['dim']} on {ch['n_points_used']} points; K selection: {ch['k_selection']}",
+            f"- K = {ch['n_charts']} charts of dimension {ch['dim']} on {ch['n_points_used']} points ({ch.get('sample', 'random')} sample of the core); K selection: {ch['k_selection']}",
             "",
             "Threshold scan (stability analysis):",
             "",
