@@ -59,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--width", type=int, default=32, help="residual-MLP width of each chart")
     p.add_argument("--overlap", default="reconstruction", choices=["reconstruction", "ownership"])
     p.add_argument("--max-charts", type=int, default=16, help="each point's best charts in the nerve filtration")
+    p.add_argument("--chart-seed", type=int, default=None,
+                   help="seed of the maxmin sample and the chart training (default: the data seed of each cell); "
+                        "varies the charts on the same core")
     p.add_argument("--ph-json", default=str(ROOT / "bench" / "results" / "topology_rotated_sizes.json"),
                    help="persistent-homology readings of the same cores (topology_rotated_sizes.py)")
     p.add_argument("--write-only", action="store_true", help="rebuild the report from the per-p JSON files")
@@ -114,9 +117,10 @@ def nerve_cell(p, seed, args, fig_dir):
 
     start = time.time()
     core = core_points(p, seed, args)
-    sub = chart_subset(core, "maxmin", args.points, seed)
+    chart_seed = seed if args.chart_seed is None else args.chart_seed
+    sub = chart_subset(core, "maxmin", args.points, chart_seed)
     core_seconds = time.time() - start
-    cover = fit_chart_mixture_cover(sub, args.charts, 2, seed, config=default_train_config(seed, args.steps),
+    cover = fit_chart_mixture_cover(sub, args.charts, 2, chart_seed, config=default_train_config(chart_seed, args.steps),
                                     width=args.width, overlap=args.overlap)
     r = persistent_chart_verdict(cover, points=sub, max_charts=args.max_charts)
     bc = r["barcodes"]
@@ -124,7 +128,7 @@ def nerve_cell(p, seed, args, fig_dir):
                   title=f"p = {p}, seed {seed}: nerve filtration of {args.charts} FIF charts on {len(sub)} maxmin core points")
     if p == 3 and seed == args.seed_list[0]:
         _chart_square(cover, sub, r["tau_star"], fig_dir / f"charts_square_p3_s{seed}.png", p)
-    return {"p": p, "seed": seed, "n_core": len(core), "n_points": len(sub),
+    return {"p": p, "seed": seed, "chart_seed": chart_seed, "n_core": len(core), "n_points": len(sub),
             "name": r["name"], "named": r["named"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
             "gap": round(float(r["gap"]), 3) if np.isfinite(r["gap"]) else None, "reliable": bool(r["reliable"]),
             "orientable": r["orientable"], "tau_star": round(float(r["tau_star"]), 3), "end": round(float(bc.extra["end"]), 3),
@@ -178,6 +182,8 @@ def main(argv=None) -> int:
     out, fig_dir = single_threaded_report(args.out)
     settings = {k: v for k, v in vars(args).items() if k not in ("cache", "write_only", "out", "patch_sizes", "sizes",
                                                                   "seeds", "seed_list", "ph_json")}
+    if args.chart_seed is None:
+        del settings["chart_seed"]  # cells of the default run keep matching the settings they were stored with
     if not args.write_only:
         for p in args.sizes:
             cells = [c for c in load_cells(fig_dir, p) if c.get("settings") == settings]
@@ -208,7 +214,8 @@ def markdown(cells, ph, args, command, fig_name):
              f"Per p and seed: the {core} core of topology_rotated_sizes.py (every train400 image at {args.rotations} angles, "
              f"rows [s {args.queries:,}, (s + 1) {args.queries:,}), rho_{args.k} against the first {args.reference:,} rows), "
              f"denoised by {args.denoise}; {args.points} maxmin points of it; a FIF mixture of {args.charts} charts with d = 2 "
-             f"(width {args.width}, {args.steps} mixture steps, overlaps by {args.overlap}); the nerve filtration over tau with "
+             f"(width {args.width}, {args.steps} mixture steps, overlaps by {args.overlap}; sample and training seeded by "
+             f"{'the data seed' if args.chart_seed is None else args.chart_seed}); the nerve filtration over tau with "
              f"each point's {args.max_charts} best charts, read by the long-bar rule (reliable iff gap >= 1.5); orientability "
              "by the transition Jacobians at tau*. Persistent homology: the lazy witness readings of the same core in "
              "topology_rotated_sizes.json (L 100 and 150).", "",
