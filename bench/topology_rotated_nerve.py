@@ -207,6 +207,20 @@ def _klein(r):
     return r["named"] == "Klein bottle" and r["reliable"]
 
 
+def torsion_in_bars(cell, tol: float = 1e-3) -> bool:
+    """The Klein bottle's Z/2 torsion in the nerve's bars: the longest Z/2 H2 bar is born where one of the longest
+    Z/3 H1 bars dies, and no Z/3 H2 bar is born there. The simplices entering there fill a loop over Z/3 and close a
+    2-cycle over Z/2 instead, the
+    pattern of a loop whose double bounds (H1 over the integers with 2-torsion, as for the Klein bottle), whatever
+    the long-bar rule counts."""
+    h2 = cell["bars"]["Z2 H2"]
+    if not h2:
+        return False
+    birth = h2[0][0]
+    twin = any(abs(b - birth) <= tol for b, _ in cell["bars"]["Z3 H2"])  # an H2 class over both fields: no torsion
+    return not twin and any(abs(death - birth) <= tol for _, death in cell["bars"]["Z3 H1"])
+
+
 def markdown(cells, ph, args, command, fig_name):
     core = f"{'per-orientation' if args.core == 'stratified' else 'plain'} X({args.k}, {args.q:g})"
     lines = ["# The learned-chart nerve of the rotated cores, by patch size (issue 12)", "",
@@ -229,23 +243,28 @@ def markdown(cells, ph, args, command, fig_name):
         lines.append(f"| {c['p']} | {c['seed']} | {c['n_core']:,} | {betti_text(c)} | {c['gap']} | {c['orientable']} | "
                      f"{c['name']} | {ph_text} | {'**yes**' if both else 'no'} |")
     lines += ["", "## Summary per patch size", "",
-              "| p | seeds | chart nerve: Klein bottle, reliable | non-orientable | persistent homology: Klein bottle, reliable "
-              "(readings) | both, per seed |", "|---|---|---|---|---|---|"]
+              "| p | seeds | chart nerve: Klein bottle, reliable | Z/2 torsion in the nerve's bars | non-orientable | "
+              "persistent homology: Klein bottle, reliable (readings) | both, per seed |", "|---|---|---|---|---|---|---|"]
     for p in sorted({c["p"] for c in cells}):
         mine = [c for c in cells if c["p"] == p]
         rows = [r for c in mine for r in ph.get((p, c["seed"]), [])]
         both = sum(_klein(c) and all(_klein(r) for r in ph.get((p, c["seed"]), [])) and bool(ph.get((p, c["seed"])))
                    for c in mine)
         lines.append(f"| {p} | {len(mine)} | {sum(_klein(c) for c in mine)} of {len(mine)} | "
+                     f"{sum(torsion_in_bars(c) for c in mine)} of {len(mine)} | "
                      f"{sum(c['orientable'] is False for c in mine)} of {len(mine)} | {sum(_klein(r) for r in rows)} of {len(rows)} | "
                      f"{both} of {len(mine)} |")
     lines += ["", "## Nerve barcodes (the three longest bars, birth and death in tau)", "",
-              "| p | seed | end of the exact range | Z/2 H1 | Z/3 H1 | Z/2 H2 | Z/3 H2 | seconds (core; charts and nerve) |",
-              "|---|---|---|---|---|---|---|---|"]
+              "Z/2 torsion: the longest Z/2 H2 bar is born where one of the longest Z/3 H1 bars dies (to 1e-3), and no "
+              "Z/3 H2 bar is born there: what "
+              "fills a loop over Z/3 closes a 2-cycle over Z/2 instead, the pattern of a loop whose double bounds, as "
+              "in the Klein bottle (torsion_in_bars).", "",
+              "| p | seed | end of the exact range | Z/2 H1 | Z/3 H1 | Z/2 H2 | Z/3 H2 | Z/2 torsion | seconds (core; charts and nerve) |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: (c["p"], c["seed"])):
         b = c["bars"]
         lines.append(f"| {c['p']} | {c['seed']} | {c['end']} | {b['Z2 H1']} | {b['Z3 H1']} | {b['Z2 H2']} | {b['Z3 H2']} | "
-                     f"{c['core_seconds']:.0f}; {c['nerve_seconds']:.0f} |")
+                     f"{'yes' if torsion_in_bars(c) else 'no'} | {c['core_seconds']:.0f}; {c['nerve_seconds']:.0f} |")
     lines += ["", f"Figures in `{fig_name}/`: nerve_p<P>_s<seed>.png (barcodes), charts_square_p3_s<seed>.png (chart centres "
               "on the Klein bottle's fundamental square with the nerve's edges at tau*).", ""]
     return "\n".join(lines)

@@ -48,14 +48,15 @@ def _ph(p, seed, L, named, reliable):
 
 def test_both_methods_need_the_nerve_and_every_persistence_reading():
     args = bench.parse_args(["--write-only"])
-    cells = [_cell(3, 0, "Klein bottle", True), _cell(3, 1, "Klein bottle", True), _cell(3, 2, "Klein bottle", False),
-             _cell(4, 0, "three-circle model", True, None)]
+    torsion = {"Z2 H1": [[0.0, 1.0], [0.0, 0.8]], "Z3 H1": [[0.0, 0.8], [0.0, 0.4]], "Z2 H2": [[0.4, 1.3]], "Z3 H2": []}
+    cells = [_cell(3, 0, "Klein bottle", True), {**_cell(3, 1, "Klein bottle", True), "bars": torsion},
+             _cell(3, 2, "Klein bottle", False), _cell(4, 0, "three-circle model", True, None)]
     ph = {(3, 0): [_ph(3, 0, 100, "Klein bottle", True), _ph(3, 0, 150, "Klein bottle", True)],
           (3, 1): [_ph(3, 1, 100, "Klein bottle", True), _ph(3, 1, 150, "Klein bottle", False)],
           (3, 2): [_ph(3, 2, 100, "Klein bottle", True), _ph(3, 2, 150, "Klein bottle", True)]}
     text = bench.markdown(cells, ph, args, "cmd", "figs")
-    assert "| 3 | 3 | 2 of 3 | 3 of 3 | 5 of 6 | 1 of 3 |" in text  # only seed 0 has both methods on every reading
-    assert "| 4 | 1 | 0 of 1 | 0 of 1 | 0 of 0 | 0 of 1 |" in text
+    assert "| 3 | 3 | 2 of 3 | 1 of 3 | 3 of 3 | 5 of 6 | 1 of 3 |" in text  # only seed 0 has both methods on every reading
+    assert "| 4 | 1 | 0 of 1 | 0 of 1 | 0 of 1 | 0 of 0 | 0 of 1 |" in text
     assert text.count("| **yes** |") == 1 and "not run" in text
 
 
@@ -85,3 +86,11 @@ def test_cells_of_other_settings_are_not_reused(tmp_path, monkeypatch):
     bench.main(argv + ["--charts", "24"])  # other settings: trained again, and reported alone
     assert calls[2:] == [(3, 0), (3, 1)]
     assert "a FIF mixture of 24 charts" in out.read_text() and out.read_text().count("| 3 | 0 |") == 2
+
+
+def test_torsion_in_bars_needs_the_z2_void_born_where_a_z3_loop_dies():
+    cell = {"bars": {"Z3 H1": [[0.0, 0.8], [0.0, 0.4]], "Z2 H2": [[0.4005, 1.3], [1.0, 1.2]], "Z3 H2": [[1.0, 1.2]]}}
+    assert bench.torsion_in_bars(cell)
+    assert not bench.torsion_in_bars({"bars": {**cell["bars"], "Z2 H2": [[0.45, 1.3]]}})  # born elsewhere
+    assert not bench.torsion_in_bars({"bars": {**cell["bars"], "Z3 H2": [[0.4, 1.3]]}})  # a void over both fields
+    assert not bench.torsion_in_bars({"bars": {"Z3 H1": [[0.0, 0.8]], "Z2 H2": [], "Z3 H2": []}})
