@@ -14,10 +14,11 @@ at any single threshold carries a few short-lived loops; those are short bars he
 
 Only the max_charts best charts of each point enter (MAX_CHARTS = 16 by default), so the filtration
 is exact up to T, the smallest score of any point's first chart left out: beyond T simplices would
-be missing and spurious voids appear. The filtration is read up to T (simplices entering later are dropped; every simplex when no chart was
-left out) and classes still alive there die at T (a loop of charts that never fills lives that
-long); H0's infinite bar stays infinite. T must lie past the death of a surface's free loops: where it
-does not, the loops' bars end at T over both fields alike and a torsion class cannot show.
+be missing and spurious voids appear. The filtration is read up to T (simplices entering later are
+dropped; every simplex when no chart was left out) and classes still alive there die at T (a loop
+of charts that never fills lives that long); H0's infinite bar stays infinite. T must lie past the
+death of a surface's free loops: where it does not, the loops' bars end at T over both fields alike
+and a torsion class cannot show.
 Orientability is read on the nerve at tau* = the latest birth of a long bar over Z/2: the most
 local threshold at which every long class is born.
 """
