@@ -184,3 +184,30 @@ def test_orientation_bins_take_the_core_per_orientation(circle_file, tmp_path):
 def test_bad_persistence_options_are_clear_errors(circle_file, tmp_path, capsys, extra, message):
     assert main(["topology", "--points", str(circle_file), "--out", str(tmp_path / "o"), "--no-charts"] + extra) == 2
     assert message in capsys.readouterr().err
+
+
+def _result(ph_name, scan_name, filtration_name):
+    """A minimal analyse_points result: persistent homology, the chart scan and the nerve filtration."""
+    klein = {"Z2": (1, 2, 1), "Z3": (1, 1, 0)}
+    ph = {"name": ph_name, "betti": klein, "threshold": 0.2, "longest_bar": 0.4, "gap": 2.0, "reliable": True,
+          "rule": {}, "n_landmarks": 150, "covering_radius": 0.1, "top_bars": {}}
+    filtration = {"name": filtration_name, "betti": klein, "gap": 2.0, "reliable": True, "orientable": False,
+                  "tau_star": 0.4, "top_bars": {}}
+    charts = {"name": scan_name, "stable": True, "run_length": 4, "tau": 0.1, "betti": klein, "euler_characteristic": 0,
+              "orientable": False, "dim": 2, "n_charts": 48, "n_points_used": 3000, "k_selection": "given", "scan": [],
+              "persistence": filtration}
+    return {"n_points": 10, "core": None, "n_core": 10, "persistence": ph, "charts": charts}
+
+
+def test_the_nerve_reading_in_the_verdict_is_the_one_asked_for():
+    from patchreg.topology.report import verdict_json
+
+    result = _result("Klein bottle", "other (Betti Z/2 (48, 0, 0), Z/3 (48, 0, 0))", "Klein bottle")
+    scan = verdict_json(result, {})
+    assert scan["verdict"].startswith("disagreement: Klein bottle / other") and scan["charts"]["reading_in_verdict"] == "scan"
+    filtration = verdict_json(result, {"nerve_reading": "filtration"})
+    assert filtration["verdict"] == "Klein bottle" and filtration["charts"]["reading_in_verdict"] == "filtration"
+    assert verdict_json(_result("Klein bottle", "Klein bottle", "torus"), {"nerve_reading": "filtration"})["verdict"] == \
+        "disagreement: Klein bottle / torus"
+    with pytest.raises(ValueError, match="nerve_reading must be one of"):
+        verdict_json(result, {"nerve_reading": "both"})

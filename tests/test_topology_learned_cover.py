@@ -60,3 +60,14 @@ def test_ownership_overlaps_are_the_owned_cells_thickened():
     assert verdict["stable"] and verdict["name"] == "circle", verdict["name"]
     with pytest.raises(ValueError, match="overlap must be one of"):
         cover_from_chart_mixture(build_mixture("fif", 3, 2, 1, width=8, n_blocks=1), points, overlap="nearest")
+
+
+def test_learned_cover_fitter_passes_the_overlap_and_refuses_a_bad_one_before_training():
+    from patchreg.topology.learned_cover import learned_cover_fitter
+
+    with pytest.raises(ValueError, match="overlap must be one of"):
+        learned_cover_fitter(overlap="nearest")
+    fit = learned_cover_fitter(steps=30, width=8, overlap="ownership")
+    assert "overlaps by ownership" in fit.description
+    cover = fit(Circle().sample(600, seed=0), 4, 1, 0)
+    assert cover.description.endswith("overlaps by ownership")  # the cover was read by the overlap asked for

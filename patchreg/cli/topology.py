@@ -89,6 +89,12 @@ def register(subparsers) -> None:
     parser.add_argument("--learned-steps", type=int, default=300,
                         help="--cover learned: mixture training steps (plus half as many pretraining, a third overlap)")
     parser.add_argument("--learned-width", type=int, default=32, help="--cover learned: width of the residual-MLP charts")
+    parser.add_argument("--nerve-reading", choices=["scan", "filtration"], default="scan",
+                        help="the chart reading that meets persistent homology in the verdict: the threshold scan's "
+                             "stable name, or the nerve filtration read by the long-bar rule (both are reported)")
+    parser.add_argument("--learned-overlap", choices=["reconstruction", "ownership"], default="reconstruction",
+                        help="--cover learned: chart k holds a point when it reconstructs it (reconstruction) or also lies "
+                             "within tau chart radii of a point k owns (ownership; patchreg.topology.learned_cover)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(func=run)
@@ -223,7 +229,7 @@ def run(args) -> int:
             raise ValueError(f"--learned-steps must be >= 1, got {args.learned_steps}")
         if args.learned_width < 2:
             raise ValueError(f"--learned-width must be >= 2, got {args.learned_width}")
-        fitter = learned_cover_fitter(args.learned_steps, args.learned_width, progress=True)
+        fitter = learned_cover_fitter(args.learned_steps, args.learned_width, progress=True, overlap=args.learned_overlap)
     if args.any_points and args.points is None:
         raise ValueError("--any-points needs --points")
     patch_data = not args.any_points

@@ -120,16 +120,18 @@ def default_train_config(seed: int = 0, steps: int = 300):
                        batch_size=128, lr=3e-3, seed_points=3000, log_every=100, seed=seed)
 
 
-def learned_cover_fitter(steps: int = 300, width: int = 32, progress: bool = False):
+def learned_cover_fitter(steps: int = 300, width: int = 32, progress: bool = False, overlap: str = "reconstruction"):
     """A cover_fitter(points, K, d, seed) for homology_from_charts / analyse_points that trains FIF
-    charts (residual MLPs of `width`) with default_train_config(seed, steps)."""
+    charts (residual MLPs of `width`) with default_train_config(seed, steps); overlaps read as `overlap`."""
     default_train_config(0, steps)  # checks steps now, not after the first fit
     if int(width) < 2:
         raise ValueError(f"width must be >= 2, got {width}")
+    _check_overlap(overlap)
 
     def fit(points, n_charts, dim, seed):
         return fit_chart_mixture_cover(points, n_charts, dim, seed, config=default_train_config(seed, steps),
-                                       width=int(width), progress=progress)
+                                       width=int(width), progress=progress, overlap=overlap)
 
-    fit.description = f"learned FIF chart mixture (residual MLP width {int(width)}, {int(steps)} mixture steps)"
+    fit.description = (f"learned FIF chart mixture (residual MLP width {int(width)}, {int(steps)} mixture steps, "
+                       f"overlaps by {overlap})")
     return fit

@@ -42,6 +42,9 @@ def _scan_rows(scan):
     return rows
 
 
+NERVE_READINGS = ("scan", "filtration")
+
+
 def verdict_json(result: dict, inputs: dict) -> dict:
     """The JSON-able evidence of analyse_points (arrays and barcode objects left out)."""
     ph = result["persistence"]
@@ -92,7 +95,17 @@ def verdict_json(result: dict, inputs: dict) -> dict:
                 "gap": None if not np.isfinite(pc["gap"]) else round(float(pc["gap"]), 3), "reliable": pc["reliable"],
                 "orientable": pc["orientable"], "tau_star": pc["tau_star"], "top_bar_lengths": pc["top_bars"],
             }
-    names = [out["persistence"]["verdict"]] + ([out["charts"]["verdict"]] if "charts" in out else [])
+    names = [out["persistence"]["verdict"]]
+    if "charts" in out:
+        # which chart reading meets persistent homology in the verdict: the threshold scan (default) or the nerve
+        # filtration, read by the same long-bar rule as the landmark complexes (nerve_persistence.py)
+        reading = inputs.get("nerve_reading", "scan")
+        if reading not in NERVE_READINGS:
+            raise ValueError(f"nerve_reading must be one of {NERVE_READINGS}, got {reading!r}")
+        if reading == "filtration" and "persistence" not in out["charts"]:
+            raise ValueError("nerve_reading='filtration' needs the nerve filtration's reading in the result")
+        out["charts"]["reading_in_verdict"] = reading
+        names.append(out["charts"]["persistence"]["verdict"] if reading == "filtration" else out["charts"]["verdict"])
     out["verdict"] = names[0] if len(set(names)) == 1 else "disagreement: " + " / ".join(names)
     return out
 
@@ -200,6 +213,7 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
             f"- Betti Z/2 {ch['betti']['Z2']}, Z/3 {ch['betti']['Z3']}, Euler characteristic {ch['euler_characteristic']}, "
             f"orientable: {ch['orientable']}",
             f"- cover: {ch['cover']}",
+            f"- the chart reading in the overall verdict: the {'nerve filtration' if ch.get('reading_in_verdict') == 'filtration' else 'threshold scan'} (--nerve-reading)",
             *([f"- the nerve filtration over tau (barcodes, long-bar rule): {ch['persistence']['verdict']}, Betti Z/2 "
                f"{ch['persistence']['betti']['Z2']}, Z/3 {ch['persistence']['betti']['Z3']}, gap {ch['persistence']['gap']}, "
                f"orientable at tau* = {ch['persistence']['tau_star']:.3f}: {ch['persistence']['orientable']}"]
