@@ -11,9 +11,15 @@ ownership). The report then takes the chart seeds in consecutive groups of --res
 criterion, keeps the fit with the best criterion: how often does that fit read the Klein bottle, against a
 single fit? Criteria are fixed before reading: the held-out NLL first (the criterion of EM restarts).
 
-One JSON per cell under the report folder (resumable); models saved under --cache/restart_models.
+Answer (bench/RESULTS.md): no criterion does; what makes the nerve read the Klein bottle in most fits is three times
+the sample (--queries 150000 --denoise 150) with overlaps by ownership. --charts, --points, --queries, --denoise
+vary the fit; --p other patch sizes.
 
-  OMP_NUM_THREADS=1 .venv/bin/python bench/topology_nerve_restarts.py --cache /work/runs/topology_cache --seeds 0,1,2 --chart-seeds 0,7,8
+One JSON per fit under the report folder (resumable; processes may share it); models saved under
+--cache/restart_models; --reread reads the saved fits again without training.
+
+  OMP_NUM_THREADS=1 .venv/bin/python bench/topology_nerve_restarts.py --cache /work/runs/topology_cache --seeds 0,1,2,3,4,5 --chart-seeds 0,7,8,1,2,3
+  OMP_NUM_THREADS=1 .venv/bin/python bench/topology_nerve_restarts.py --cache /work/runs/topology_cache --seeds 0,1,2 --chart-seeds 0,7,8,1,2,3 --queries 150000 --denoise 150 --out bench/results/topology_nerve_restarts_q150k.md
 """
 
 from __future__ import annotations
