@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.report_paths import single_threaded_report  # noqa: E402
 from bench.topology_rotated_nerve import core_points  # noqa: E402
-from bench.topology_rotated_nerve import _bars, torsion_in_bars  # noqa: E402
+from bench.topology_rotated_nerve import reading_fields, reads_klein, torsion_in_bars  # noqa: E402
 from bench.topology_rotated_nerve import parse_args as nerve_args  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 
@@ -83,12 +83,7 @@ def parse_args(argv=None):
 def _reading(cover, sub):
     from patchreg.topology.nerve_persistence import persistent_chart_verdict
 
-    r = persistent_chart_verdict(cover, points=sub)
-    bc = r["barcodes"]
-    out = {"named": r["named"], "reliable": bool(r["reliable"]), "betti_Z2": list(r["betti"]["Z2"]),
-           "betti_Z3": list(r["betti"]["Z3"]), "gap": round(float(r["gap"]), 3) if np.isfinite(r["gap"]) else None,
-           "orientable": r["orientable"], "tau_star": round(float(r["tau_star"]), 3), "end": round(float(bc.extra["end"]), 3),
-           "bars": {f"Z{c} H{d}": _bars(bc.diagrams[c][d]) for c in (2, 3) for d in (1, 2)}}
+    out = reading_fields(persistent_chart_verdict(cover, points=sub))
     out["torsion_in_bars"] = torsion_in_bars(out)
     return out
 
@@ -144,10 +139,6 @@ def _best_residual(model, pts) -> float:
     return float(best.double().mean())
 
 
-def _klein(reading) -> bool:
-    return reading["named"] == "Klein bottle" and reading["reliable"]
-
-
 def selections(cells, seed_list, chart_seed_list, restarts):
     """Per criterion and overlap: (Klein readings of the selected fits, groups); and of every single fit."""
     groups = [chart_seed_list[i : i + restarts] for i in range(0, len(chart_seed_list) - restarts + 1, restarts)]
@@ -162,7 +153,7 @@ def selections(cells, seed_list, chart_seed_list, restarts):
                     if len(fits) < len(group):
                         continue
                     best = min(fits, key=lambda c: c[key])
-                    hits += _klein(best["readings"][overlap])
+                    hits += reads_klein(best["readings"][overlap])
                     n += 1
                     picks.append((seed, tuple(group), best["chart_seed"]))
             out[(key, overlap)] = (hits, n, picks)
@@ -183,11 +174,11 @@ def markdown(cells, args, command):
 
     for c in sorted(cells, key=lambda c: (c["seed"], c["chart_seed"])):
         r, o = c["readings"]["reconstruction"], c["readings"]["ownership"]
-        mark = lambda x: ("**Klein**" if _klein(x) else "-") + f" {betti_text(x)}" + (", torsion" if x.get("torsion_in_bars") else "")  # noqa: E731
+        mark = lambda x: ("**Klein**" if reads_klein(x) else "-") + f" {betti_text(x)}" + (", torsion" if x.get("torsion_in_bars") else "")  # noqa: E731
         lines.append(f"| {c['seed']} | {c['chart_seed']} | {c['heldout_nll']:.3f} | {c['train_nll']:.3f} | {c['final_loss']:.3f} | "
                      f"{c['residual']:.4f} | {mark(r)} | {r['gap']} | {mark(o)} | {o['gap']} | {c['seconds']:.0f} |")
     for overlap in OVERLAPS:
-        single = [_klein(c["readings"][overlap]) for c in cells]
+        single = [reads_klein(c["readings"][overlap]) for c in cells]
         z2 = [c["readings"][overlap]["betti_Z2"] == [1, 2, 1] and c["readings"][overlap]["orientable"] is False for c in cells]
         torsion = [bool(c["readings"][overlap].get("torsion_in_bars")) for c in cells]
         lines += ["", f"## Selection, overlaps by {overlap}", "",

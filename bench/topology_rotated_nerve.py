@@ -129,11 +129,17 @@ def nerve_cell(p, seed, args, fig_dir):
     if p == 3 and seed == args.seed_list[0]:
         _chart_square(cover, sub, r["tau_star"], fig_dir / f"charts_square_p3_s{seed}.png", p)
     return {"p": p, "seed": seed, "chart_seed": chart_seed, "n_core": len(core), "n_points": len(sub),
-            "name": r["name"], "named": r["named"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
+            "name": r["name"], **reading_fields(r),
+            "core_seconds": round(core_seconds, 1), "nerve_seconds": round(time.time() - start - core_seconds, 1)}
+
+
+def reading_fields(r) -> dict:
+    """The JSON fields of a persistent_chart_verdict: Betti numbers, gap, orientability, exact range, longest bars."""
+    bc = r["barcodes"]
+    return {"named": r["named"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
             "gap": round(float(r["gap"]), 3) if np.isfinite(r["gap"]) else None, "reliable": bool(r["reliable"]),
             "orientable": r["orientable"], "tau_star": round(float(r["tau_star"]), 3), "end": round(float(bc.extra["end"]), 3),
-            "bars": {f"Z{c} H{d}": _bars(bc.diagrams[c][d]) for c in (2, 3) for d in (1, 2)},
-            "core_seconds": round(core_seconds, 1), "nerve_seconds": round(time.time() - start - core_seconds, 1)}
+            "bars": {f"Z{c} H{d}": _bars(bc.diagrams[c][d]) for c in (2, 3) for d in (1, 2)}}
 
 
 def _bars(diagram, n=3):
@@ -203,7 +209,7 @@ def main(argv=None) -> int:
     return 0
 
 
-def _klein(r):
+def reads_klein(r):
     return r["named"] == "Klein bottle" and r["reliable"]
 
 
@@ -239,7 +245,7 @@ def markdown(cells, ph, args, command, fig_name):
     for c in sorted(cells, key=lambda c: (c["p"], c["seed"])):
         rows = sorted(ph.get((c["p"], c["seed"]), []), key=lambda r: r["L"])
         ph_text = "; ".join(f"{r['name']} {betti_text(r)}" for r in rows) or "not run"
-        both = _klein(c) and bool(rows) and all(_klein(r) for r in rows)
+        both = reads_klein(c) and bool(rows) and all(reads_klein(r) for r in rows)
         lines.append(f"| {c['p']} | {c['seed']} | {c['n_core']:,} | {betti_text(c)} | {c['gap']} | {c['orientable']} | "
                      f"{c['name']} | {ph_text} | {'**yes**' if both else 'no'} |")
     lines += ["", "## Summary per patch size", "",
@@ -248,11 +254,11 @@ def markdown(cells, ph, args, command, fig_name):
     for p in sorted({c["p"] for c in cells}):
         mine = [c for c in cells if c["p"] == p]
         rows = [r for c in mine for r in ph.get((p, c["seed"]), [])]
-        both = sum(_klein(c) and all(_klein(r) for r in ph.get((p, c["seed"]), [])) and bool(ph.get((p, c["seed"])))
+        both = sum(reads_klein(c) and all(reads_klein(r) for r in ph.get((p, c["seed"]), [])) and bool(ph.get((p, c["seed"])))
                    for c in mine)
-        lines.append(f"| {p} | {len(mine)} | {sum(_klein(c) for c in mine)} of {len(mine)} | "
+        lines.append(f"| {p} | {len(mine)} | {sum(reads_klein(c) for c in mine)} of {len(mine)} | "
                      f"{sum(torsion_in_bars(c) for c in mine)} of {len(mine)} | "
-                     f"{sum(c['orientable'] is False for c in mine)} of {len(mine)} | {sum(_klein(r) for r in rows)} of {len(rows)} | "
+                     f"{sum(c['orientable'] is False for c in mine)} of {len(mine)} | {sum(reads_klein(r) for r in rows)} of {len(rows)} | "
                      f"{both} of {len(mine)} |")
     lines += ["", "## Nerve barcodes (the three longest bars, birth and death in tau)", "",
               "Z/2 torsion: the longest Z/2 H2 bar is born where one of the longest Z/3 H1 bars dies (to 1e-3), and no "
