@@ -71,8 +71,10 @@ def parse_args(argv=None):
     args.seed_list = [int(x) for x in args.seeds.split(",")]
     if min(args.sizes) < 3 or max(args.sizes) > 8:
         p.error(f"--patch-sizes must lie in 3..8, got {args.sizes}")
-    if min(args.seed_list) < 0 or (max(args.seed_list) + 1) * args.queries > args.reference:
-        p.error(f"--seeds must be >= 0 with (max seed + 1) x {args.queries} query rows within --reference {args.reference}")
+    if min(args.seed_list) < 0:
+        p.error(f"--seeds must be >= 0, got {args.seed_list}")
+    if not 1 <= args.queries <= args.reference:
+        p.error(f"--queries must be in [1, --reference {args.reference}], got {args.queries}")
     for name in ("points", "charts", "steps", "max_charts", "denoise"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -86,25 +88,15 @@ def parse_args(argv=None):
 
 
 def core_points(p, seed, args):
-    """The denoised core of topology_rotated_sizes.py for (p, seed); rho_k cached under --cache."""
+    """The denoised core of topology_rotated_sizes.py for (p, seed): the same rows and rho_k (cached under --cache)."""
     from bench.topology_klein_witness import cores_of
-    from patchreg.topology.knn import kth_neighbour_distances
+    from bench.topology_rotated_sizes import seed_sample
     from patchreg.topology.orientation import patch_orientation
     from patchreg.topology.patchsets import build_patch_set
     from patchreg.topology.scale import denoise
 
     pset = build_patch_set(IMAGES, p, args.cache, seed=0, progress=False, rotations=args.rotations)
-    rows = np.arange(seed * args.queries, (seed + 1) * args.queries)
-    rho_path = Path(args.cache) / f"rho_{pset.path.stem}_ref{args.reference}_k{args.k}_q{args.queries}_s{seed}.npy"
-    if rho_path.exists():
-        rho = np.load(rho_path)
-    else:
-        ref = np.asarray(pset.points[: args.reference], dtype=np.float32)
-        rho = kth_neighbour_distances(ref, [args.k], query_rows=rows)[0][:, 0]
-        tmp = rho_path.with_suffix(".tmp.npy")
-        np.save(tmp, rho)
-        tmp.replace(rho_path)
-    points = np.asarray(pset.points[rows[0] : rows[-1] + 1], dtype=np.float64)
+    points, rho, _ = seed_sample(pset, seed, args)
     idx = cores_of(rho, patch_orientation(points, p), args.q, args.bins)[args.core]
     return denoise(points[idx], args.denoise)
 
@@ -232,7 +224,7 @@ def markdown(cells, ph, args, command, fig_name):
     lines = ["# The learned-chart nerve of the rotated cores, by patch size (issue 12)", "",
              f"Command: `{command}`", "",
              f"Per p and seed: the {core} core of topology_rotated_sizes.py (every train400 image at {args.rotations} angles, "
-             f"rows [s {args.queries:,}, (s + 1) {args.queries:,}), rho_{args.k} against the first {args.reference:,} rows), "
+             f"{args.queries:,} query rows a seed, rho_{args.k} against the {args.reference:,} rows holding them: query_block), "
              f"denoised by {args.denoise}; {args.points} maxmin points of it; a FIF mixture of {args.charts} charts with d = 2 "
              f"(width {args.width}, {args.steps} mixture steps, overlaps by {args.overlap}; sample and training seeded by "
              f"{'the data seed' if args.chart_seed is None else args.chart_seed}); the nerve filtration over tau with "

@@ -2,8 +2,10 @@
 
 Per patch size p:
 1. the patch set of every train400 image seen at R angles (patchsets.py, rotations R, each angle's top 20%);
-2. three disjoint query samples (seeds 0-2: rows [s n, (s+1) n) of the randomly ordered set), rho_k of each
-   against the first --reference rows (brute force or cKDTree, patchreg.topology.knn);
+2. disjoint query samples (--seeds, default 0-2: rows [s n, (s+1) n) of the randomly ordered set), rho_k of each
+   against the first --reference rows (brute force or cKDTree, patchreg.topology.knn); seeds past the first
+   --reference rows use the next disjoint block of --reference rows as theirs (query_block), so that held-out
+   seeds keep the density scale k / reference; rho_k is cached under --cache;
 3. per seed and core (plain X(k, q) and per-orientation, q in --qs), denoised (mean of m nearest core points),
    the lazy witness complex on L maxmin landmarks, Betti numbers over Z/2 and Z/3 by the long-bar rule;
 4. distances of the core points to the Klein-bottle and three-circle models (model_fit.py).
@@ -46,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--patch-sizes", default="3,4,5")
     p.add_argument("--rotations", type=int, default=6)
     p.add_argument("--reference", type=int, default=500_000, help="rows the density is estimated against")
-    p.add_argument("--queries", type=int, default=50_000, help="rows per seed (3 disjoint seeds)")
+    p.add_argument("--queries", type=int, default=50_000, help="rows per seed (disjoint seeds)")
+    p.add_argument("--seeds", default="0,1,2", help="data seeds: disjoint query samples (see query_block)")
     p.add_argument("--k", type=int, default=20, help="k of rho_k (20 of 500,000: the density scale of 100 of 2.5 million)")
     p.add_argument("--qs", default="30,35")
     p.add_argument("--denoise", type=int, default=50, help="m nearest core points averaged")
@@ -59,24 +62,53 @@ def parse_args(argv=None):
         p.error(f"--patch-sizes must lie in 3..8, got {sizes}")
     if args.rotations < 1:
         p.error(f"--rotations must be >= 1, got {args.rotations}")
-    if args.reference < 3 * args.queries:
-        p.error(f"--reference must hold the 3 x {args.queries} query rows, got {args.reference}")
+    if not 1 <= args.queries <= args.reference:
+        p.error(f"--queries must be in [1, --reference {args.reference}], got {args.queries}")
+    args.seed_list = [int(x) for x in args.seeds.split(",")]
+    if min(args.seed_list) < 0:
+        p.error(f"--seeds must be >= 0, got {args.seed_list}")
     if not 1 <= args.k < args.reference:
         p.error(f"--k must be in [1, {args.reference}), got {args.k}")
     args.sizes = sizes
     return args
 
 
+def query_block(seed, queries, reference, n_rows):
+    """(first reference row, query rows relative to it) of a data seed.
+
+    The first --reference rows hold reference // queries disjoint query samples (seeds 0, 1, ..., as before);
+    later seeds take the next disjoint block of --reference rows as their reference, so a held-out seed is
+    estimated at the same density scale k / reference without a larger kNN."""
+    per_block = reference // queries
+    start = (seed // per_block) * reference
+    if start + reference > n_rows:
+        raise ValueError(f"--seeds: seed {seed} needs rows [{start:,}, {start + reference:,}) but the patch set has "
+                         f"{n_rows:,} (at most seed {(n_rows // reference) * per_block - 1})")
+    first = (seed % per_block) * queries
+    return start, np.arange(first, first + queries)
+
+
+def seed_sample(pset, seed, args):
+    """(query points float64, rho_k of each, kNN seconds) of a data seed; rho_k cached under --cache."""
+    start, rows = query_block(seed, args.queries, args.reference, len(pset.points))
+    ref = np.asarray(pset.points[start : start + args.reference], dtype=np.float32)
+    rho_path = Path(args.cache) / f"rho_{pset.path.stem}_ref{args.reference}_k{args.k}_q{args.queries}_s{seed}.npy"
+    began = time.time()
+    if rho_path.exists():
+        rho = np.load(rho_path)
+    else:
+        rho = kth_neighbour_distances(ref, [args.k], query_rows=rows)[0][:, 0]
+        tmp = rho_path.with_suffix(".tmp.npy")
+        np.save(tmp, rho)
+        tmp.replace(rho_path)
+    return ref[rows].astype(np.float64), rho, round(time.time() - began, 1)
+
+
 def run_size(p, args):
     pset = build_patch_set(IMAGES, p, args.cache, seed=0, progress=False, rotations=args.rotations)
-    ref = np.asarray(pset.points[: args.reference], dtype=np.float32)
     rows = []
-    for s in range(3):
-        start = time.time()
-        query_rows = np.arange(s * args.queries, (s + 1) * args.queries)
-        rho = kth_neighbour_distances(ref, [args.k], query_rows=query_rows)[0][:, 0]
-        knn_seconds = round(time.time() - start, 1)
-        points = ref[query_rows].astype(np.float64)
+    for s in args.seed_list:
+        points, rho, knn_seconds = seed_sample(pset, s, args)
         theta = patch_orientation(points, p)
         for q in [float(x) for x in args.qs.split(",")]:
             for kind, idx in cores_of(rho, theta, q, args.bins).items():
@@ -116,8 +148,9 @@ def markdown(results, command):
     lines = ["# The Klein bottle by patch size, from rotated views of train400 (issue 12)", "",
              f"Command: `{command}`", "",
              f"Data: every train400 image seen at {a['rotations']} angles (90 r / {a['rotations']} degrees), every p x p patch, "
-             f"the top 20% by D-norm of each angle. Per p: three disjoint query samples (seeds 0-2) of {a['queries']:,} rows, "
-             f"rho_{a['k']} against the first {a['reference']:,} rows (a uniform random subsample); cores plain X({a['k']}, q) "
+             f"the top 20% by D-norm of each angle. Per p: disjoint query samples (seeds {a.get('seeds', '0,1,2')}) of {a['queries']:,} "
+             f"rows, rho_{a['k']} against {a['reference']:,} rows holding them (a uniform random subsample; seeds past the first "
+             f"{a['reference']:,} rows use the next disjoint block); cores plain X({a['k']}, q) "
              f"and per orientation ({a['bins']} bins), denoised (mean of {a['denoise']} nearest core points); lazy witness "
              f"complex (nu = 1) on L = {a['landmarks']} maxmin landmarks, every core point a witness; Betti numbers by the long-bar "
              "rule (reliable iff gap >= 1.5). Z/2-excess = long bars over Z/2 minus over Z/3: (0, 1, 1) for a Klein bottle "

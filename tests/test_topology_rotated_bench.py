@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -13,13 +14,39 @@ from bench import topology_rotated_sizes as bench  # noqa: E402
 @pytest.mark.parametrize("argv, message", [
     (["--patch-sizes", "2,3"], "--patch-sizes must lie in 3..8"),
     (["--rotations", "0"], "--rotations must be >= 1"),
-    (["--reference", "1000", "--queries", "500"], "--reference must hold the 3 x 500 query rows"),
+    (["--reference", "1000", "--queries", "1500"], "--queries must be in [1, --reference 1000]"),
+    (["--seeds", "0,-1"], "--seeds must be >= 0"),
     (["--k", "0"], "--k must be in"),
 ])
 def test_bad_arguments_are_refused_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--cache", "unused"] + argv)
     assert message in capsys.readouterr().err
+
+
+def test_query_blocks_keep_the_first_seeds_and_hold_later_seeds_out():
+    # 3 queries of 10 rows fit in a 35-row reference: seeds 0-2 are its rows 0-29, as before the blocks
+    assert bench.query_block(1, 10, 35, 100)[0] == 0
+    assert list(bench.query_block(2, 10, 35, 100)[1]) == list(range(20, 30))
+    start, rows = bench.query_block(4, 10, 35, 100)  # seed 4: the second block, rows 35-69, disjoint from the first
+    assert start == 35 and list(rows) == list(range(10, 20))
+    with pytest.raises(ValueError, match="--seeds: seed 6 needs rows \\[70, 105\\)"):
+        bench.query_block(6, 10, 35, 100)
+
+
+def test_seed_sample_reads_rho_from_its_block_and_caches_it(tmp_path, monkeypatch):
+    class PatchSet:
+        points = np.random.default_rng(0).normal(size=(100, 3)).astype(np.float32)
+        path = tmp_path / "patches_p3_x.npy"
+
+    args = type("Args", (), {"queries": 10, "reference": 35, "k": 3, "cache": str(tmp_path)})()
+    points, rho, _ = bench.seed_sample(PatchSet, 4, args)
+    block = PatchSet.points[35:70].astype(np.float64)
+    assert np.array_equal(points, block[10:20])
+    dist = np.linalg.norm(block[10:20, None] - block[None], axis=-1)
+    np.testing.assert_allclose(rho, np.sort(dist, axis=1)[:, 3], rtol=1e-5)  # column 0 is the point itself
+    monkeypatch.setattr(bench, "kth_neighbour_distances", lambda *a, **k: pytest.fail("recomputed"))
+    np.testing.assert_array_equal(bench.seed_sample(PatchSet, 4, args)[1], rho)
 
 
 def _row(p, seed, named, reliable, excess):

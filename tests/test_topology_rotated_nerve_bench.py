@@ -13,7 +13,8 @@ from bench import topology_rotated_nerve as bench  # noqa: E402
 
 @pytest.mark.parametrize("argv, message", [
     (["--patch-sizes", "3,9"], "--patch-sizes must lie in 3..8"),
-    (["--seeds", "0,10"], "--seeds must be >= 0 with"),
+    (["--seeds", "0,-1"], "--seeds must be >= 0"),
+    (["--queries", "600000"], "--queries must be in [1, --reference 500000]"),
     (["--charts", "0"], "--charts must be >= 1"),
     (["--max-charts", "0"], "--max-charts must be >= 1"),
     (["--q", "0"], "--q must be in (0, 100]"),
