@@ -13,7 +13,9 @@ Rules, fixed before the p >= 5 nerve fits were read:
 - a method's verdict at p answers the issue's question, the Klein bottle or not: "Klein bottle" when every seed reads
   it, "not the Klein bottle" when none does (both stable), else unstable with the count;
 - the nerve is read with --overlap (ownership: the better overlap at p = 3, 50,000 queries, 13 against 9 of 27 fits,
-  before the 150,000-query runs).
+  before the 150,000-query runs), whole and, where the fits recorded it, cut at the first long loop's death
+  (nerve_persistence.drop_late_classes; chosen on p = 3 and p = 4 fits already read, checked on the held-out seeds,
+  p >= 5 and synthetic surfaces).
 --figures (needs --cache) draws, for the first data seed and chart seed of each p, the saved FIF cover's chart centres
 on the Klein bottle's square, its typical patches per chart and its nerve barcodes.
 
@@ -36,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.topology_nerve_restarts import CUT_SUFFIX  # noqa: E402
 from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -124,38 +127,43 @@ def summarise(p, ph, cells, overlap):
         by_seed = {}
         for r in ph:
             by_seed.setdefault(r["seed"], []).append(r)
-        per_seed = {s: seed_reading([reading_of(r) for r in v]) for s, v in sorted(by_seed.items())}
-        klein_seeds = {s: reads_klein_by_majority(v) for s, v in sorted(by_seed.items())}
         fits = {(r["seed"], r["kind"]): r["fit"] for r in ph}  # one model fit per core
-        row["ph"] = {"n_points": ph[0]["n_points"], "readings": len(ph), "per_seed": per_seed, "klein_seeds": klein_seeds,
+        row["ph"] = {"n_points": ph[0]["n_points"], "readings": len(ph), **_per_seed(by_seed),
                      "klein": sum(r["named"] == "Klein bottle" and r["reliable"] for r in ph),
                      "torsion": sum(r["z2_excess"] == [0, 1, 1] for r in ph), "betti": modal_betti(ph),
-                     "verdict": method_verdict(klein_seeds),
                      "fit": {m: [float(np.median([f[m][q] for f in fits.values()])) for q in ("q50", "q90")]
                              for m in ("klein", "three-circle")}}
-    if cells:
-        by_seed = {}
-        for c in cells:
-            by_seed.setdefault(c["seed"], []).append(c["readings"][overlap])
-        per_seed = {s: seed_reading([reading_of(r) for r in v]) for s, v in sorted(by_seed.items())}
-        klein_seeds = {s: reads_klein_by_majority(v) for s, v in sorted(by_seed.items())}
-        readings = [c["readings"][overlap] for c in cells]
-        row["nerve"] = {"fits": len(cells), "per_seed": per_seed, "klein_seeds": klein_seeds,
-                        "chart_seeds": sorted({c["chart_seed"] for c in cells}),
-                        "klein": sum(r["named"] == "Klein bottle" and r["reliable"] for r in readings),
-                        "torsion": sum(bool(r.get("torsion_in_bars")) for r in readings),
-                        "non_orientable": sum(r.get("orientable") is False for r in readings),
-                        "betti": modal_betti(readings), "verdict": method_verdict(klein_seeds),
-                        "gaps": [r["gap"] for r in readings]}
+    for name, key in (("nerve", overlap), ("nerve_cut", overlap + CUT_SUFFIX)):
+        if cells and all(key in c["readings"] for c in cells):
+            row[name] = nerve_summary(cells, key)
     return row
 
 
+def _per_seed(by_seed) -> dict:
+    """Per data seed: the majority reading and whether it reads the Klein bottle; the method's verdict."""
+    klein_seeds = {s: reads_klein_by_majority(v) for s, v in sorted(by_seed.items())}
+    return {"per_seed": {s: seed_reading([reading_of(r) for r in v]) for s, v in sorted(by_seed.items())},
+            "klein_seeds": klein_seeds, "verdict": method_verdict(klein_seeds)}
+
+
+def nerve_summary(cells, key) -> dict:
+    by_seed = {}
+    for c in cells:
+        by_seed.setdefault(c["seed"], []).append(c["readings"][key])
+    readings = [c["readings"][key] for c in cells]
+    return {"fits": len(cells), **_per_seed(by_seed), "chart_seeds": sorted({c["chart_seed"] for c in cells}),
+            "klein": sum(r["named"] == "Klein bottle" and r["reliable"] for r in readings),
+            "torsion": sum(bool(r.get("torsion_in_bars")) for r in readings),
+            "non_orientable": sum(r.get("orientable") is False for r in readings),
+            "betti": modal_betti(readings), "gaps": [r["gap"] for r in readings]}
+
+
 def overall(row) -> str:
-    ph, nerve = row.get("ph", {}).get("verdict"), row.get("nerve", {}).get("verdict")
-    if ph and nerve and ph == nerve and ph[1].startswith("stable"):
-        return f"**{ph[0]}**, both methods, stable"
-    parts = [f"{name}: {v[0]} ({v[1].split(' (')[0]})" for name, v in (("PH", ph), ("nerve", nerve)) if v]
-    return "; ".join(parts)
+    verdicts = [(name, row[key]["verdict"]) for name, key in (("PH", "ph"), ("nerve", "nerve"), ("nerve cut", "nerve_cut"))
+                if key in row]
+    if len(verdicts) > 1 and all(v == verdicts[0][1] for _, v in verdicts) and verdicts[0][1][1].startswith("stable"):
+        return f"**{verdicts[0][1][0]}**, " + ("every reading" if len(verdicts) == 3 else "both methods") + ", stable"
+    return "; ".join(f"{name}: {v[0]} ({v[1].split(' (')[0]})" for name, v in verdicts)
 
 
 def markdown(rows, args, command, figures):
@@ -165,32 +173,36 @@ def markdown(rows, args, command, figures):
              "them (seeds 3-5: the next disjoint block); cores X(20, 30) plain and per orientation (16 bins), denoised by 150. "
              "Persistent homology: lazy witness complexes on 100, 150 and 200 maxmin landmarks. Nerve: 48 FIF charts "
              f"(d = 2, 300 steps, width 32) on 3000 maxmin points of the per-orientation core, the nerve filtration read with "
-             f"{args.overlap} overlaps. A seed's reading is the one held by more than half of its readings (\"mixed\" "
-             "otherwise); a seed reads the Klein bottle when more than half of its readings are reliable Klein-bottle readings; a "
-             "method's verdict is \"Klein bottle\" or \"not the Klein bottle\" when every seed agrees (stable), else unstable. Readings without a clear gap (long-bar rule, gap < 1.5) "
-             "count as \"no clear gap\".", "",
+             f"{args.overlap} overlaps, whole and (\"cut\") without the classes born after the first long loop dies "
+             "(patchreg.topology.nerve_persistence.drop_late_classes). A seed's reading is the one held by more than half of "
+             "its readings (\"mixed\" otherwise); a seed reads the Klein bottle when more than half of its readings are "
+             "reliable Klein-bottle readings; a method's verdict is \"Klein bottle\" or \"not the Klein bottle\" when every "
+             "seed agrees (stable), else unstable. Readings without a clear gap (long-bar rule, gap < 1.5) count as \"no "
+             "clear gap\".", "",
              "| p | points | PH readings | PH: modal Betti Z/2 / Z/3 | PH: Klein (reliable) | PH: Z/2 torsion | PH verdict | "
              "nerve fits | nerve: modal Betti Z/2 / Z/3 | nerve: Klein (reliable) | nerve: torsion in bars | nerve: non-orientable | "
-             "nerve verdict | core -> Klein, median (q90) | core -> three circles | answer |",
-             "|" + "---|" * 16]
+             "nerve verdict | nerve cut: modal Betti | nerve cut: Klein (reliable) | nerve cut verdict | "
+             "core -> Klein, median (q90) | core -> three circles | answer |",
+             "|" + "---|" * 19]
     for row in rows:
-        ph, nv = row.get("ph"), row.get("nerve")
+        ph, nv, nc = row.get("ph"), row.get("nerve"), row.get("nerve_cut")
         cells = [str(row["p"]), f"{ph['n_points']:,}" if ph else "-"]
         cells += ([str(ph["readings"]), ph["betti"], str(ph["klein"]), str(ph["torsion"]),
                    f"{ph['verdict'][0]}, {ph['verdict'][1]}"] if ph else ["-"] * 5)
         cells += ([f"{nv['fits']} (chart seeds {','.join(map(str, nv['chart_seeds']))})", nv["betti"], str(nv["klein"]),
                    str(nv["torsion"]), str(nv["non_orientable"]), f"{nv['verdict'][0]}, {nv['verdict'][1]}"]
                   if nv else ["-"] * 6)
+        cells += ([nc["betti"], str(nc["klein"]), f"{nc['verdict'][0]}, {nc['verdict'][1]}"] if nc else ["-"] * 3)
         cells += ([f"{ph['fit']['klein'][0]:.3f} ({ph['fit']['klein'][1]:.3f})",
                    f"{ph['fit']['three-circle'][0]:.3f} ({ph['fit']['three-circle'][1]:.3f})"] if ph else ["-"] * 2)
         cells.append(overall(row))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Per data seed (the majority reading; * the seed reads the Klein bottle)", "",
-              "| p | seed | persistent homology | chart nerve |", "|---|---|---|---|"]
+              "| p | seed | persistent homology | chart nerve | chart nerve, cut |", "|---|---|---|---|---|"]
     for row in rows:
-        seeds = sorted(set(row.get("ph", {}).get("per_seed", {})) | set(row.get("nerve", {}).get("per_seed", {})))
+        seeds = sorted(set().union(*(row[k]["per_seed"] for k in ("ph", "nerve", "nerve_cut") if k in row)))
         for s in seeds:
-            lines.append(f"| {row['p']} | {s} | {_seed_text(row.get('ph'), s)} | {_seed_text(row.get('nerve'), s)} |")
+            lines.append(f"| {row['p']} | {s} | " + " | ".join(_seed_text(row.get(k), s) for k in ("ph", "nerve", "nerve_cut")) + " |")
     if figures:
         lines += ["", "## Figures (first data seed, first chart seed of each p)", ""]
         for p, names in figures.items():

@@ -47,6 +47,7 @@ from patchreg.io import atomic_write_json, atomic_write_text  # noqa: E402
 CRITERIA = (("heldout_nll", "held-out NLL (core points not fitted on)"), ("train_nll", "NLL on the fitted sample"),
             ("final_loss", "final training loss (last 3 logged)"), ("residual", "mean best-chart residual"))
 OVERLAPS = ("reconstruction", "ownership")
+CUT_SUFFIX = "/cut"  # readings[overlap + CUT_SUFFIX]: the filtration cut at the first long loop's death (nerve_persistence)
 
 
 def parse_args(argv=None):
@@ -80,11 +81,15 @@ def parse_args(argv=None):
     return args
 
 
-def _reading(cover, sub):
-    from patchreg.topology.nerve_persistence import persistent_chart_verdict
+def _readings(cover, sub):
+    """{cut: reading} of one nerve filtration, read whole and cut at the first long loop's death."""
+    from patchreg.topology.nerve_persistence import CUTS, nerve_barcodes, persistent_chart_verdict
 
-    out = reading_fields(persistent_chart_verdict(cover, points=sub))
-    out["torsion_in_bars"] = torsion_in_bars(out)
+    barcodes = nerve_barcodes(cover)
+    out = {}
+    for cut in CUTS:
+        out[cut] = reading_fields(persistent_chart_verdict(cover, points=sub, cut=cut, barcodes=barcodes))
+        out[cut]["torsion_in_bars"] = torsion_in_bars(out[cut])
     return out
 
 
@@ -114,8 +119,8 @@ def fit_cell(seed, chart_seed, args, model_dir, previous=None):
         heldout_nll = -float(model.log_prob(torch.as_tensor(held, dtype=torch.float32)).double().mean())
     cells = {}
     for overlap in OVERLAPS:
-        cover = cover_from_chart_mixture(model, sub, overlap=overlap)
-        cells[overlap] = _reading(cover, sub)
+        readings = _readings(cover_from_chart_mixture(model, sub, overlap=overlap), sub)
+        cells[overlap], cells[overlap + CUT_SUFFIX] = readings["none"], readings["first-loop-death"]
     residual = _best_residual(model, pts)
     return {"seed": seed, "chart_seed": chart_seed, "n_core": len(core), "n_heldout": len(held),
             "heldout_nll": heldout_nll, "train_nll": train_nll,
@@ -139,13 +144,13 @@ def _best_residual(model, pts) -> float:
     return float(best.double().mean())
 
 
-def selections(cells, seed_list, chart_seed_list, restarts):
+def selections(cells, seed_list, chart_seed_list, restarts, overlaps=OVERLAPS):
     """Per criterion and overlap: (Klein readings of the selected fits, groups); and of every single fit."""
     groups = [chart_seed_list[i : i + restarts] for i in range(0, len(chart_seed_list) - restarts + 1, restarts)]
     by = {(c["seed"], c["chart_seed"]): c for c in cells}
     out = {}
     for key, _ in CRITERIA:
-        for overlap in OVERLAPS:
+        for overlap in overlaps:
             hits, n, picks = 0, 0, []
             for seed in seed_list:
                 for group in groups:
@@ -169,15 +174,21 @@ def markdown(cells, args, command):
              "clear gap (reliable).", "",
              "## Every fit", "",
              "| data seed | chart seed | held-out NLL | NLL on its sample | final loss | best residual | reconstruction overlap | "
-             "gap | ownership overlap | gap | seconds |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "gap | ownership overlap | gap | ownership, cut at the first loop's death | gap | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     from patchreg.topology.report import betti_text
 
     for c in sorted(cells, key=lambda c: (c["seed"], c["chart_seed"])):
         r, o = c["readings"]["reconstruction"], c["readings"]["ownership"]
+        oc = c["readings"].get("ownership" + CUT_SUFFIX)
         mark = lambda x: ("**Klein**" if reads_klein(x) else "-") + f" {betti_text(x)}" + (", torsion" if x.get("torsion_in_bars") else "")  # noqa: E731
         lines.append(f"| {c['seed']} | {c['chart_seed']} | {c['heldout_nll']:.3f} | {c['train_nll']:.3f} | {c['final_loss']:.3f} | "
-                     f"{c['residual']:.4f} | {mark(r)} | {r['gap']} | {mark(o)} | {o['gap']} | {c['seconds']:.0f} |")
-    for overlap in OVERLAPS:
+                     f"{c['residual']:.4f} | {mark(r)} | {r['gap']} | {mark(o)} | {o['gap']} | "
+                     f"{mark(oc) if oc else '-'} | {oc['gap'] if oc else '-'} | {c['seconds']:.0f} |")
+    read_cut = all(o + CUT_SUFFIX in c["readings"] for c in cells for o in OVERLAPS)
+    overlaps = OVERLAPS + (tuple(o + CUT_SUFFIX for o in OVERLAPS) if read_cut else ())
+    sel = selections(cells, args.seed_list, args.chart_seed_list, args.restarts, overlaps)
+    for overlap in overlaps:
         single = [reads_klein(c["readings"][overlap]) for c in cells]
         z2 = [c["readings"][overlap]["betti_Z2"] == [1, 2, 1] and c["readings"][overlap]["orientable"] is False for c in cells]
         torsion = [bool(c["readings"][overlap].get("torsion_in_bars")) for c in cells]
@@ -186,7 +197,6 @@ def markdown(cells, args, command):
                   f"(1, 2, 1) with non-orientable charts in {sum(z2)} of {len(z2)}; the Z/2 torsion in the bars "
                   f"(topology_rotated_nerve.torsion_in_bars) in {sum(torsion)} of {len(torsion)}.", "",
                   f"| criterion | best of {args.restarts}: Klein bottle | picks (data seed, chart seeds -> kept) |", "|---|---|---|"]
-        sel = selections(cells, args.seed_list, args.chart_seed_list, args.restarts)
         for key, label in CRITERIA:
             hits, n, picks = sel[(key, overlap)]
             lines.append(f"| {label} | {hits} of {n} | " + "; ".join(f"{s}, {g} -> {k}" for s, g, k in picks) + " |")
@@ -207,14 +217,15 @@ def main(argv=None) -> int:
                 previous = json.loads(path.read_text()) if path.exists() else None
                 if args.reread and previous is None:
                     continue  # reread: the saved fits only, no new training
-                if previous is not None and not (args.reread and "bars" not in previous["readings"]["reconstruction"]):
-                    continue
+                if previous is not None and not (args.reread and "ownership" + CUT_SUFFIX not in previous["readings"]):
+                    continue  # reread: only fits read before the cut reading existed
                 cell = fit_cell(seed, chart_seed, args, model_dir, previous)
                 atomic_write_json(cell_path(seed, chart_seed), cell)
                 r = cell["readings"]
                 print(f"s{seed} c{chart_seed}: heldout {cell['heldout_nll']:.3f} train {cell['train_nll']:.3f} "
                       f"loss {cell['final_loss']:.3f} res {cell['residual']:.4f} | recon {r['reconstruction']['named'][:20]} "
                       f"{r['reconstruction']['gap']} | own {r['ownership']['named'][:20]} {r['ownership']['gap']} "
+                      f"| own/cut {r['ownership/cut']['named'][:20]} {r['ownership/cut']['gap']} "
                       f"({cell['seconds']:.0f} s)", flush=True)
     cells = [json.loads(f.read_text()) for f in sorted(fig_dir.glob(f"{stem}_s*_c*.json"))]
     cells = [c for c in cells if c["seed"] in args.seed_list and c["chart_seed"] in args.chart_seed_list]

@@ -131,6 +131,7 @@ def reading_fields(r) -> dict:
     return {"named": r["named"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
             "gap": round(float(r["gap"]), 3) if np.isfinite(r["gap"]) else None, "reliable": bool(r["reliable"]),
             "orientable": r["orientable"], "tau_star": round(float(r["tau_star"]), 3), "end": round(float(bc.extra["end"]), 3),
+            "cut_at": round(float(r.get("cut_at", np.inf)), 3) if np.isfinite(r.get("cut_at", np.inf)) else None,
             "bars": {f"Z{c} H{d}": _bars(bc.diagrams[c][d]) for c in (2, 3) for d in (1, 2)}}
 
 

@@ -81,3 +81,16 @@ def test_disagreeing_methods_are_named_each(tmp_path):
     ph_path, folder = _write(tmp_path, [_ph(4, s, KLEIN) for s in range(2)], [(4, _fit(s, 0, CIRCLES)) for s in range(2)])
     row = bench.summarise(4, bench.ph_rows([ph_path])[4], bench.nerve_cells([folder])[4], "ownership")
     assert bench.overall(row) == "PH: Klein bottle (stable); nerve: not the Klein bottle (stable)"
+
+
+def test_cut_readings_enter_only_when_every_fit_has_them(tmp_path):
+    fits = [_fit(s, 0, CIRCLES, reliable=False) for s in range(2)]
+    for c in fits:
+        c["readings"]["ownership/cut"] = dict(c["readings"]["ownership"], named="Klein bottle", reliable=True)
+    ph_path, folder = _write(tmp_path, [_ph(4, s, KLEIN) for s in range(2)], [(4, c) for c in fits])
+    row = bench.summarise(4, bench.ph_rows([ph_path])[4], bench.nerve_cells([folder])[4], "ownership")
+    assert row["nerve"]["verdict"] == ("not the Klein bottle", "stable (2 of 2 seeds)")
+    assert row["nerve_cut"]["verdict"] == ("Klein bottle", "stable (2 of 2 seeds)")
+    assert bench.overall(row) == "PH: Klein bottle (stable); nerve: not the Klein bottle (stable); nerve cut: Klein bottle (stable)"
+    del fits[0]["readings"]["ownership/cut"]
+    assert "nerve_cut" not in bench.summarise(4, [], fits, "ownership")

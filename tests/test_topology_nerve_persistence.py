@@ -112,3 +112,50 @@ def test_chart_subset_bounds_and_samples():
         chart_subset(points, "grid")
     with pytest.raises(ValueError, match="max_chart_points must be an int >= 1"):
         analyse_points(points, chart_sample="random", max_chart_points=0)
+
+
+def _bars(z2_h1, z2_h2, z3_h1, z3_h2):
+    from patchreg.topology.persistence import Barcodes
+
+    h0 = np.array([[0.0, np.inf]])
+    arr = lambda bars: np.array(bars, dtype=float).reshape(-1, 2)  # noqa: E731
+    return Barcodes({2: [h0, arr(z2_h1), arr(z2_h2)], 3: [h0, arr(z3_h1), arr(z3_h2)]}, 48, float("nan"))
+
+
+def test_late_classes_are_dropped_from_the_first_long_loop_death():
+    # a p = 4 natural-image nerve (bench/RESULTS.md, issue 12): the Klein bottle's bars, plus a Z/3 void born at 0.808
+    # where a Z/2 loop dies: 0.27 long against the shortest true bar, 0.36, a gap of 1.33 under the rule
+    from patchreg.topology.nerve_persistence import drop_late_classes
+    from patchreg.topology.persistence import read_betti
+
+    bars = _bars(z2_h1=[[0.297, 0.808], [0.296, 0.659], [0.319, 0.412]],
+                 z2_h2=[[0.396, 1.082], [0.854, 1.088], [0.909, 1.104]],
+                 z3_h1=[[0.296, 0.659], [0.297, 0.396], [0.319, 0.412]],
+                 z3_h2=[[0.808, 1.082], [0.854, 1.088], [0.909, 1.104]])
+    whole = read_betti(bars)
+    assert not whole["reliable"]
+    cut_bars, cut = drop_late_classes(bars)
+    assert cut == 0.659  # the first death among the long Z/2 loops
+    assert cut_bars.diagrams[2][2].tolist() == [[0.396, 1.082]]  # born before the cut: kept whole
+    assert cut_bars.diagrams[3][2].shape == (0, 2) and cut_bars.diagrams[2][1].shape == (3, 2)
+    reading = read_betti(cut_bars)
+    assert reading["betti"] == {"Z2": (1, 2, 1), "Z3": (1, 1, 0)} and reading["reliable"]
+
+
+def test_a_cover_without_a_long_loop_is_read_whole():
+    from patchreg.topology.nerve_persistence import drop_late_classes
+
+    sphere = _bars(z2_h1=[[0.30, 0.33]], z2_h2=[[0.35, 1.2]], z3_h1=[[0.30, 0.33]], z3_h2=[[0.35, 1.2]])
+    same, cut = drop_late_classes(sphere)
+    assert cut == np.inf and same is sphere
+
+
+@pytest.mark.parametrize("truth", ["klein", "torus", "sphere"])
+def test_the_cut_reading_names_sampled_surfaces(truth):
+    points, name = sample_model(truth, 3000, seed=0)
+    cover = fit_local_pca_cover(points, 24, 2, 0)
+    r = persistent_chart_verdict(cover, points=points, cut="first-loop-death")
+    assert r["name"] == name and r["cut"] == "first-loop-death"
+    assert (r["cut_at"] == np.inf) == (truth == "sphere")
+    with pytest.raises(ValueError, match="cut must be one of"):
+        persistent_chart_verdict(cover, cut="last")

@@ -47,3 +47,15 @@ def test_selection_keeps_the_lowest_criterion_of_each_group():
     assert picks[("train_nll", "reconstruction")][2] == [(0, (0, 7, 8), 0)]  # -heldout: the largest held-out NLL wins
     text = bench.markdown(cells, bench.parse_args(["--write-only"]), "cmd")
     assert "Single fits: the Klein bottle (both fields, clear gap) in 3 of 5" in text
+
+
+def test_cut_readings_get_their_own_selection_once_every_fit_has_them():
+    cells = [_cell(0, 0, -5.0, False, False), _cell(0, 7, -6.0, False, False), _cell(0, 8, -5.5, False, False)]
+    args = bench.parse_args(["--write-only"])
+    assert "overlaps by ownership/cut" not in bench.markdown(cells, args, "cmd")  # fits read before the cut existed
+    for c in cells:
+        c["readings"]["ownership/cut"] = _reading(True)
+        c["readings"]["reconstruction/cut"] = _reading(c["chart_seed"] == 7)
+    text = bench.markdown(cells, args, "cmd")
+    assert "## Selection, overlaps by ownership/cut" in text and "in 3 of 3; Z/2 Betti" in text
+    assert bench.selections(cells, [0], [0, 7, 8], 3, ("reconstruction/cut",))[("heldout_nll", "reconstruction/cut")][:2] == (1, 1)

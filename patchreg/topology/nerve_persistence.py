@@ -21,6 +21,13 @@ death of a surface's free loops: where it does not, the loops' bars end at T ove
 and a torsion class cannot show.
 Orientability is read on the nerve at tau* = the latest birth of a long bar over Z/2: the most
 local threshold at which every long class is born.
+
+cut="first-loop-death" reads only the classes born before the first long loop dies (drop_late_classes).
+Past that threshold the charts have outgrown one of the surface's loops, and the nerve describes the
+thickened embedding, not the surface: filling a Klein bottle's torsion loop t (2t bounds the fundamental
+chain c over Z) by a 2-cell D makes 2D - c an integer 2-cycle, a void over Z/3 born at the very threshold
+where the loop dies over Z/2, and that void can outlive half the longest bar. Dropping late-born classes
+never shortens a bar; a cover with no long loop (a sphere) is read whole.
 """
 
 from __future__ import annotations
@@ -34,7 +41,9 @@ from .nerve import MAX_SIMPLEX_SIZE, nerve_summary
 from .persistence import FIELDS, Barcodes, BettiRule, read_betti, top_lengths
 from .verdict import name_topology
 
-__all__ = ["MAX_CHARTS", "nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+__all__ = ["CUTS", "MAX_CHARTS", "drop_late_classes", "nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+
+CUTS = ("none", "first-loop-death")
 
 # A point's best charts that enter. 8 ended the filtration on the rotated natural-image cores before the
 # Klein bottle's free loops died, so both fields' H1 bars ran to the end and the torsion did not show;
@@ -134,9 +143,34 @@ def nerve_barcodes(cover: ChartCover, max_charts: int = MAX_CHARTS, coeffs=FIELD
                                                                    "n_simplices": len(entry)})
 
 
-def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = MAX_CHARTS, rule: BettiRule = BettiRule()) -> dict:
-    """The chart nerve's verdict from its barcodes (module docstring), with orientability at tau*."""
-    barcodes = nerve_barcodes(cover, max_charts)
+def drop_late_classes(barcodes: Barcodes, rule: BettiRule = BettiRule()) -> tuple[Barcodes, float]:
+    """(barcodes without the classes born at or after the first death of a long Z/2 loop, that threshold).
+
+    Long by the rule on the whole filtration. No long Z/2 loop: the barcodes unchanged and an infinite cut.
+    H0 is kept whole; H1 and H2 bars born before the cut keep their full length (module docstring)."""
+    loops = barcodes.diagrams[2][1]
+    long_loops = loops[loops[:, 1] - loops[:, 0] >= read_betti(barcodes, rule)["threshold"]]
+    if not len(long_loops):
+        return barcodes, float("inf")
+    cut = float(long_loops[:, 1].min())
+    diagrams = {coeff: [dgms[0]] + [dgm[dgm[:, 0] < cut] for dgm in dgms[1:]] for coeff, dgms in barcodes.diagrams.items()}
+    return Barcodes(diagrams, barcodes.n_landmarks, barcodes.covering_radius, extra={**barcodes.extra, "cut": cut}), cut
+
+
+def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = MAX_CHARTS, rule: BettiRule = BettiRule(),
+                             cut: str = "none", barcodes: Barcodes | None = None) -> dict:
+    """The chart nerve's verdict from its barcodes (module docstring), with orientability at tau*.
+
+    cut: "none" reads the whole filtration, "first-loop-death" only the classes born before the first
+    long loop dies (drop_late_classes). barcodes: nerve_barcodes(cover, max_charts) when already computed
+    (to read one filtration both ways)."""
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}")
+    if barcodes is None:
+        barcodes = nerve_barcodes(cover, max_charts)
+    cut_at = float("inf")
+    if cut == "first-loop-death":
+        barcodes, cut_at = drop_late_classes(barcodes, rule)
     reading = read_betti(barcodes, rule)
     z2, z3 = reading["betti"]["Z2"], reading["betti"]["Z3"]
     long_births = [b for dgm in barcodes.diagrams[2][1:] for b, d in dgm if d - b >= reading["threshold"]]
@@ -151,6 +185,8 @@ def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = M
         **reading,
         "orientable": orientable,
         "tau_star": float(tau_star),
+        "cut": cut,
+        "cut_at": cut_at,
         "top_bars": top_lengths(barcodes),
         "barcodes": barcodes,
     }
