@@ -211,3 +211,17 @@ def test_the_nerve_reading_in_the_verdict_is_the_one_asked_for():
         "disagreement: Klein bottle / torus"
     with pytest.raises(ValueError, match="nerve_reading must be one of"):
         verdict_json(result, {"nerve_reading": "both"})
+
+
+def test_the_nerve_cut_is_checked_first_and_reported():
+    from patchreg.topology.models import sample_model
+    from patchreg.topology.pipeline import analyse_points
+    from patchreg.topology.report import verdict_json
+
+    points, _ = sample_model("torus", 1500, seed=0)
+    with pytest.raises(ValueError, match="nerve_cut must be one of"):
+        analyse_points(points, nerve_cut="last")
+    result = analyse_points(points, n_landmarks=60, n_charts=16, dim=2, nerve_cut="first-loop-death")
+    reading = verdict_json(result, {})["charts"]["persistence"]
+    assert reading["cut"] == "first-loop-death"
+    assert reading["cut_at"] is None or reading["cut_at"] > reading["tau_star"]  # every long class is born before the cut

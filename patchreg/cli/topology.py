@@ -92,6 +92,9 @@ def register(subparsers) -> None:
     parser.add_argument("--nerve-reading", choices=["scan", "filtration"], default="scan",
                         help="the chart reading that meets persistent homology in the verdict: the threshold scan's "
                              "stable name, or the nerve filtration read by the long-bar rule (both are reported)")
+    parser.add_argument("--nerve-cut", choices=["none", "first-loop-death"], default="none",
+                        help="the nerve filtration read whole, or without the classes born after its first long loop "
+                             "dies (where the charts have outgrown a loop of the surface: patchreg.topology.nerve_persistence)")
     parser.add_argument("--learned-overlap", choices=["reconstruction", "ownership"], default="reconstruction",
                         help="--cover learned: chart k holds a point when it reconstructs it (reconstruction) or also lies "
                              "within tau chart radii of a point k owns (ownership; patchreg.topology.learned_cover)")
@@ -275,7 +278,7 @@ def run(args) -> int:
     result = analyse_points(core_points, core=None, n_landmarks=min(n_landmarks, len(core_points)), n_charts=args.charts,
                             dim=args.chart_dim if args.chart_dim == "auto" else int(args.chart_dim), seed=args.seed,
                             max_chart_points=args.max_chart_points, charts=not args.no_charts, cover_fitter=fitter,
-                            complex=args.complex, chart_sample=args.chart_sample)
+                            complex=args.complex, chart_sample=args.chart_sample, nerve_cut=args.nerve_cut)
     result.update(n_points=n, core=core_label, n_core=len(core_points))
     extra["persistence_fragility"] = _landmark_fragility(core_points, min(n_landmarks, len(core_points)), args.seed,
                                                          result["persistence"]["name"], args.complex)

@@ -29,7 +29,7 @@ from .cover import ChartCover, choose_num_charts, estimate_chart_dim, fit_local_
 from .density import check_core_parameters, density_core
 from .landmarks import maxmin_landmarks
 from .nerve import nerve_summary
-from .nerve_persistence import persistent_chart_verdict
+from .nerve_persistence import CUTS, persistent_chart_verdict
 from .persistence import BettiRule, compute_barcodes, read_betti, top_lengths
 from .verdict import name_topology, stable_verdict
 from .witness import witness_barcodes
@@ -184,10 +184,14 @@ def analyse_points(
     cover_fitter=None,
     complex: str = "rips",
     chart_sample: str = "maxmin",
+    nerve_cut: str = "none",
 ) -> dict:
     """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict.
-    cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts)."""
+    cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts).
+    nerve_cut: how the nerve filtration is read (nerve_persistence.CUTS)."""
     n_chart_points = _chart_points(chart_sample, max_chart_points)  # before any expensive work
+    if nerve_cut not in CUTS:
+        raise ValueError(f"nerve_cut must be one of {CUTS}, got {nerve_cut!r}")
     points = np.asarray(points, dtype=np.float64)
     if core is not None:
         k, q = core
@@ -201,7 +205,7 @@ def analyse_points(
         subset = chart_subset(core_points, chart_sample, n_chart_points, seed)
         result["charts"] = homology_from_charts(subset, n_charts, dim, seed, cover_fitter=cover_fitter)
         # the same cover read over every threshold at once (nerve_persistence.py), as a second reading
-        result["charts"]["persistence"] = persistent_chart_verdict(result["charts"]["cover"], points=subset)
+        result["charts"]["persistence"] = persistent_chart_verdict(result["charts"]["cover"], points=subset, cut=nerve_cut)
         result["charts"]["n_points_used"] = len(subset)
         result["charts"]["sample"] = chart_sample
         result["charts"]["cover_kind"] = getattr(cover_fitter, "description", "local PCA" if cover_fitter is None else "custom")

@@ -94,6 +94,8 @@ def verdict_json(result: dict, inputs: dict) -> dict:
                 "verdict": pc["name"], "betti": {k: list(v) for k, v in pc["betti"].items()},
                 "gap": None if not np.isfinite(pc["gap"]) else round(float(pc["gap"]), 3), "reliable": pc["reliable"],
                 "orientable": pc["orientable"], "tau_star": pc["tau_star"], "top_bar_lengths": pc["top_bars"],
+                "cut": pc.get("cut", "none"),
+                "cut_at": float(pc["cut_at"]) if np.isfinite(pc.get("cut_at", np.inf)) else None,
             }
     names = [out["persistence"]["verdict"]]
     if "charts" in out:
@@ -216,7 +218,9 @@ def _markdown(evidence: dict, figures: list[str]) -> str:
             f"- the chart reading in the overall verdict: the {'nerve filtration' if ch.get('reading_in_verdict') == 'filtration' else 'threshold scan'} (--nerve-reading)",
             *([f"- the nerve filtration over tau (barcodes, long-bar rule): {ch['persistence']['verdict']}, Betti Z/2 "
                f"{ch['persistence']['betti']['Z2']}, Z/3 {ch['persistence']['betti']['Z3']}, gap {ch['persistence']['gap']}, "
-               f"orientable at tau* = {ch['persistence']['tau_star']:.3f}: {ch['persistence']['orientable']}"]
+               f"orientable at tau* = {ch['persistence']['tau_star']:.3f}: {ch['persistence']['orientable']}"
+               + (f"; read without the classes born after the first long loop dies (tau >= {ch['persistence']['cut_at']:.3f})"
+                  if ch["persistence"].get("cut_at") is not None else "")]
               if "persistence" in ch else []),
             f"- K = {ch['n_charts']} charts of dimension {ch['dim']} on {ch['n_points_used']} points ({ch.get('sample', 'random')} sample of the core); K selection: {ch['k_selection']}",
             "",
