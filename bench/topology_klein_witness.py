@@ -164,7 +164,7 @@ def chart_nerve(points, seed, n_charts=48, n_points=3000, steps=300, overlap="re
     cover = fit_chart_mixture_cover(sub, n_charts, 2, seed, config=default_train_config(seed, steps), width=32,
                                     overlap=overlap)
     r = chart_verdict(cover, points=sub)
-    pers = persistent_chart_verdict(cover, points=sub)
+    pers = persistent_chart_verdict(cover, points=sub, cut="none")  # as its committed reports were read
     return {"name": r["name"], "betti_Z2": list(r["betti"]["Z2"]), "betti_Z3": list(r["betti"]["Z3"]),
             "orientable": r.get("orientable"), "stable": bool(r["stable"]),
             "persistence": {"name": pers["name"], "betti_Z2": list(pers["betti"]["Z2"]), "betti_Z3": list(pers["betti"]["Z3"]),

@@ -114,7 +114,7 @@ def nerve_cell(p, seed, args, fig_dir):
     core_seconds = time.time() - start
     cover = fit_chart_mixture_cover(sub, args.charts, 2, chart_seed, config=default_train_config(chart_seed, args.steps),
                                     width=args.width, overlap=args.overlap)
-    r = persistent_chart_verdict(cover, points=sub, max_charts=args.max_charts)
+    r = persistent_chart_verdict(cover, points=sub, max_charts=args.max_charts, cut="none")  # as its reports were read
     bc = r["barcodes"]
     plot_barcodes(bc, fig_dir / f"nerve_p{p}_s{seed}.png", threshold=r["threshold"],
                   title=f"p = {p}, seed {seed}: nerve filtration of {args.charts} FIF charts on {len(sub)} maxmin core points")

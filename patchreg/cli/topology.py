@@ -92,9 +92,10 @@ def register(subparsers) -> None:
     parser.add_argument("--nerve-reading", choices=["scan", "filtration"], default="scan",
                         help="the chart reading that meets persistent homology in the verdict: the threshold scan's "
                              "stable name, or the nerve filtration read by the long-bar rule (both are reported)")
-    parser.add_argument("--nerve-cut", choices=["none", "first-loop-death"], default="none",
-                        help="the nerve filtration read whole, or without the classes born after its first long loop "
-                             "dies (where the charts have outgrown a loop of the surface: patchreg.topology.nerve_persistence)")
+    parser.add_argument("--nerve-cut", choices=["none", "first-loop-death"], default="first-loop-death",
+                        help="the nerve filtration read without the classes born after its first long loop dies (default: "
+                             "there the charts have outgrown a loop of the surface; patchreg.topology.nerve_persistence), "
+                             "or whole (none)")
     parser.add_argument("--learned-overlap", choices=["reconstruction", "ownership"], default="reconstruction",
                         help="--cover learned: chart k holds a point when it reconstructs it (reconstruction) or also lies "
                              "within tau chart radii of a point k owns (ownership; patchreg.topology.learned_cover)")

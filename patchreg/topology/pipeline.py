@@ -184,7 +184,7 @@ def analyse_points(
     cover_fitter=None,
     complex: str = "rips",
     chart_sample: str = "maxmin",
-    nerve_cut: str = "none",
+    nerve_cut: str = "first-loop-death",
 ) -> dict:
     """Core X(k, q) (core=(k, q) or None), then both homology readings; all evidence in a dict.
     cover_fitter(points, K, d, seed) -> ChartCover: local PCA when None (learned_cover_fitter for learned charts).
