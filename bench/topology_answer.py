@@ -239,6 +239,11 @@ def draw_figures(rows, cells_by_p, args, fig_dir):
         first = min(cells_by_p[p], key=lambda c: (c["seed"], c["chart_seed"]))
         r = restarts_args(["--cache", args.cache, "--p", str(p), "--charts", str(args.charts), "--steps", str(args.steps),
                            "--queries", str(args.queries), "--denoise", str(args.denoise)])
+        names = {"barcodes": f"{fig_dir.name}/nerve_p{p}.png", "chart centres": f"{fig_dir.name}/charts_square_p{p}.png",
+                 "patches per chart": f"{fig_dir.name}/chart_patches_p{p}.png"}
+        if all((fig_dir.parent / path).exists() for path in names.values()):
+            out[p] = names  # drawn by an earlier run: the fits of a p do not change once saved
+            continue
         model_path = Path(args.cache) / "restart_models" / f"{r.stem}_s{first['seed']}_c{first['chart_seed']}.pt"
         if not model_path.exists():
             print(f"p={p}: no saved model {model_path}, no figures", flush=True)
@@ -248,8 +253,6 @@ def draw_figures(rows, cells_by_p, args, fig_dir):
         model.load_state_dict(torch.load(model_path))
         cover = cover_from_chart_mixture(model, sub, overlap=args.overlap)
         verdict = persistent_chart_verdict(cover, points=sub)
-        names = {"barcodes": f"{fig_dir.name}/nerve_p{p}.png", "chart centres": f"{fig_dir.name}/charts_square_p{p}.png",
-                 "patches per chart": f"{fig_dir.name}/chart_patches_p{p}.png"}
         plot_barcodes(verdict["barcodes"], fig_dir.parent / names["barcodes"], threshold=verdict["threshold"],
                       title=f"p = {p}, seed {first['seed']}: nerve of {args.charts} FIF charts ({args.overlap}): {verdict['name']}")
         own = np.argmin(cover.scores, axis=1)
