@@ -222,14 +222,13 @@ def draw_figures(rows, cells_by_p, args, fig_dir):
     import torch
 
     from bench.topology_nerve_restarts import parse_args as restarts_args
-    from bench.topology_rotated_nerve import core_points
+    from bench.topology_rotated_nerve import _chart_square, core_points
     from patchreg.charts import build_mixture
     from patchreg.topology.learned_cover import cover_from_chart_mixture
-    from patchreg.topology.nerve import nerve_simplices
     from patchreg.topology.nerve_persistence import persistent_chart_verdict
     from patchreg.topology.persistence import plot_barcodes
     from patchreg.topology.pipeline import chart_subset
-    from patchreg.topology.report import plot_chart_patches, plot_klein_square
+    from patchreg.topology.report import plot_chart_patches
 
     out = {}
     for row in rows:
@@ -255,14 +254,7 @@ def draw_figures(rows, cells_by_p, args, fig_dir):
         verdict = persistent_chart_verdict(cover, points=sub)
         plot_barcodes(verdict["barcodes"], fig_dir.parent / names["barcodes"], threshold=verdict["threshold"],
                       title=f"p = {p}, seed {first['seed']}: nerve of {args.charts} FIF charts ({args.overlap}): {verdict['name']}")
-        own = np.argmin(cover.scores, axis=1)
-        charts = [k for k in range(cover.n_charts) if np.any(own == k)]
-        centres = np.stack([sub[own == k].mean(axis=0) for k in charts])
-        index = {k: i for i, k in enumerate(charts)}
-        edges = [(index[a], index[b]) for s in nerve_simplices(cover.membership(verdict["tau_star"])) if len(s) == 2
-                 for a, b in [s] if a in index and b in index]
-        plot_klein_square(centres, edges, p, fig_dir.parent / names["chart centres"],
-                          title=f"p = {p}: centres of {len(charts)} FIF charts, nerve edges at tau* = {verdict['tau_star']:.2f}")
+        _chart_square(cover, sub, verdict["tau_star"], fig_dir.parent / names["chart centres"], p)
         plot_chart_patches(sub, cover, p, fig_dir.parent / names["patches per chart"], max_charts=args.charts)
         out[p] = names
         print(f"p={p}: figures drawn ({verdict['name']})", flush=True)

@@ -151,7 +151,7 @@ def _chart_square(cover, points, tau, path, p):
     index = {k: i for i, k in enumerate(charts)}
     edges = [(index[a], index[b]) for s in nerve_simplices(cover.membership(tau)) if len(s) == 2
              for a, b in [s] if a in index and b in index]
-    plot_klein_square(centres, edges, p, path, title=f"p = 3: centres of the {len(charts)} FIF charts, nerve edges at tau* = {tau:.2f}")
+    plot_klein_square(centres, edges, p, path, title=f"p = {p}: centres of the {len(charts)} FIF charts, nerve edges at tau* = {tau:.2f}")
 
 
 def ph_readings(path, args):
