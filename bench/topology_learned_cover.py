@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from patchreg import io  # noqa: E402
 from patchreg.topology.learned_cover import default_train_config, fit_chart_mixture_cover  # noqa: E402
 from patchreg.topology.models import sample_model  # noqa: E402
-from patchreg.topology.nerve_persistence import CUTS, nerve_barcodes, persistent_chart_verdict  # noqa: E402
+from patchreg.topology.nerve_persistence import CUTS, persistent_chart_verdicts  # noqa: E402
 from patchreg.topology.pipeline import chart_verdict  # noqa: E402
 from patchreg.topology.preprocessing import load_points  # noqa: E402
 
@@ -104,8 +104,7 @@ def main(argv=None) -> int:
                                             config=default_train_config(seed, args.steps), width=args.width)
             v = chart_verdict(cover, points=points)
             ok = v["name"] == truth
-            barcodes = nerve_barcodes(cover)
-            filtration = {cut: persistent_chart_verdict(cover, points=points, cut=cut, barcodes=barcodes) for cut in CUTS}
+            filtration = persistent_chart_verdicts(cover, points=points)
             results.append((case, ok, *(filtration[cut]["name"] == truth for cut in CUTS)))
             rows.append(f"| {label} | {truth} | {seed} | {dim} | {v['name']} | {'yes' if ok else 'NO'} | "
                         f"{v['stable']} ({v['run_length']}) | {v['tau']:.2f} | {v['betti']['Z2']} | {v['betti']['Z3']} | "

@@ -83,13 +83,11 @@ def parse_args(argv=None):
 
 def _readings(cover, sub):
     """{cut: reading} of one nerve filtration, read whole and cut at the first long loop's death."""
-    from patchreg.topology.nerve_persistence import CUTS, nerve_barcodes, persistent_chart_verdict
+    from patchreg.topology.nerve_persistence import persistent_chart_verdicts
 
-    barcodes = nerve_barcodes(cover)
-    out = {}
-    for cut in CUTS:
-        out[cut] = reading_fields(persistent_chart_verdict(cover, points=sub, cut=cut, barcodes=barcodes))
-        out[cut]["torsion_in_bars"] = torsion_in_bars(out[cut])
+    out = {cut: reading_fields(r) for cut, r in persistent_chart_verdicts(cover, points=sub).items()}
+    for reading in out.values():
+        reading["torsion_in_bars"] = torsion_in_bars(reading)
     return out
 
 

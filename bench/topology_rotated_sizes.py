@@ -91,17 +91,18 @@ def query_block(seed, queries, reference, n_rows):
 def seed_sample(pset, seed, args):
     """(query points float64, rho_k of each, kNN seconds) of a data seed; rho_k cached under --cache."""
     start, rows = query_block(seed, args.queries, args.reference, len(pset.points))
-    ref = np.asarray(pset.points[start : start + args.reference], dtype=np.float32)
     rho_path = Path(args.cache) / f"rho_{pset.path.stem}_ref{args.reference}_k{args.k}_q{args.queries}_s{seed}.npy"
     began = time.time()
     if rho_path.exists():
         rho = np.load(rho_path)
-    else:
+    else:  # the whole reference block is read only to compute rho_k
+        ref = np.asarray(pset.points[start : start + args.reference], dtype=np.float32)
         rho = kth_neighbour_distances(ref, [args.k], query_rows=rows)[0][:, 0]
         tmp = rho_path.with_suffix(".tmp.npy")
         np.save(tmp, rho)
         tmp.replace(rho_path)
-    return ref[rows].astype(np.float64), rho, round(time.time() - began, 1)
+    points = np.asarray(pset.points[start + rows[0] : start + rows[-1] + 1], dtype=np.float64)  # rows are contiguous
+    return points, rho, round(time.time() - began, 1)
 
 
 def run_size(p, args):

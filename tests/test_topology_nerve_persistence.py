@@ -159,3 +159,15 @@ def test_the_cut_reading_names_sampled_surfaces(truth):
     assert (r["cut_at"] == np.inf) == (truth == "sphere")
     with pytest.raises(ValueError, match="cut must be one of"):
         persistent_chart_verdict(cover, cut="last")
+
+
+def test_both_cuts_from_one_filtration_equal_each_read_alone():
+    from patchreg.topology.nerve_persistence import CUTS, persistent_chart_verdicts
+
+    points, _ = sample_model("klein", 2000, seed=1)
+    cover = fit_local_pca_cover(points, 24, 2, 1)
+    both = persistent_chart_verdicts(cover, points=points)
+    assert set(both) == set(CUTS)
+    for cut in CUTS:
+        alone = persistent_chart_verdict(cover, points=points, cut=cut)
+        assert (both[cut]["betti"], both[cut]["gap"], both[cut]["cut_at"]) == (alone["betti"], alone["gap"], alone["cut_at"])

@@ -41,7 +41,8 @@ from .nerve import MAX_SIMPLEX_SIZE, nerve_summary
 from .persistence import FIELDS, Barcodes, BettiRule, read_betti, top_lengths
 from .verdict import name_topology
 
-__all__ = ["CUTS", "MAX_CHARTS", "drop_late_classes", "nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict"]
+__all__ = ["CUTS", "MAX_CHARTS", "drop_late_classes", "nerve_entry_values", "nerve_barcodes", "persistent_chart_verdict",
+           "persistent_chart_verdicts"]
 
 CUTS = ("none", "first-loop-death")
 
@@ -192,3 +193,10 @@ def persistent_chart_verdict(cover: ChartCover, points=None, max_charts: int = M
         "top_bars": top_lengths(barcodes),
         "barcodes": barcodes,
     }
+
+
+def persistent_chart_verdicts(cover: ChartCover, points=None, max_charts: int = MAX_CHARTS,
+                              rule: BettiRule = BettiRule()) -> dict[str, dict]:
+    """{cut: persistent_chart_verdict} for every cut of CUTS, from one computation of the barcodes."""
+    barcodes = nerve_barcodes(cover, max_charts)
+    return {cut: persistent_chart_verdict(cover, points, max_charts, rule, cut=cut, barcodes=barcodes) for cut in CUTS}
