@@ -36,7 +36,7 @@ def build(args):
     from patchreg.charts.training import toy_defaults, toy_train_config
 
     TOY_DEFAULTS = toy_defaults(args.manifold, args.family)  # with the family's and the toy's own settings
-    data = load_dataset(f"toy:{args.manifold}", args.n_train, args.eval_n, args.seed)
+    data = load_dataset(f"toy:{args.manifold}", args.n_train, args.eval_n, args.seed, noise=args.noise)
     m = data.manifold
     k = args.charts or TOY_DEFAULTS.get("charts") or m.suggested_charts
     width = args.width or TOY_DEFAULTS["width"]
@@ -174,6 +174,7 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", type=int, default=None)
     p.add_argument("--coupling-blocks", type=int, default=5)
     p.add_argument("--n-train", type=int, default=5000)
+    p.add_argument("--noise", type=float, default=0.0, help="Gaussian noise (std) on the training and held-out points")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--eval-n", type=int, default=2000)
     p.add_argument("--eps", type=float, default=0.1)
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     meta = dict(tag=args.tag, manifold=args.manifold, family=args.family, seed=args.seed, steps=args.steps,
                 eval_every=args.eval_every, lr0=config.lr, lr_schedule=config.lr_schedule, batch_size=config.batch_size,
                 train_sigma=config.train_sigma, phases=[config.pretrain_steps, config.mixture_steps, config.overlap_steps],
-                n_train=args.n_train, seed_fraction=config.seed_fraction, lr_final=config.lr_final, **extra)
+                n_train=args.n_train, noise=args.noise, seed_fraction=config.seed_fraction, lr_final=config.lr_final, **extra)
     started = time.time()
     train_mixture(model, data.train.float(), config, args.checkpoint, resume=resume, progress=False,
                   callback=make_callback(data, config, out, meta, args.eval_n, args.eps))

@@ -27,21 +27,65 @@ from bench.charts_toy_seeds import AUTHORS, goal_checks, keep_reading  # noqa: E
 
 MANIFOLDS = ("two_circles", "sphere", "annulus", "torus", "swiss_roll", "klein_bottle")
 COLUMNS = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / diam", 5),
-           ("coverage_gap", "coverage - floor", 4), ("w2_ratio", "sliced W2 / floor", 2), ("heldout_nll", "held-out NLL", 2)]
+           ("coverage_gap", "coverage - floor", 4), ("w2_ratio", "sliced W2 / floor", 2), ("heldout_nll", "held-out NLL", 2),
+           ("surface_excess", "NLL on the manifold - log area", 3), ("normal_excess", "normal NLL - its floor", 2)]
+# the metrics a converged schedule must have stopped improving, and the direction that is better
+PLATEAU_METRICS = (("dist_mean_rel", "distance", "low"), ("coverage_gap", "coverage", "high"), ("w2_ratio", "sliced W2", "low"),
+                   ("surface_excess", "NLL on the manifold", "low"), ("normal_excess", "normal NLL", "low"))
+
+
+def nll_parts(c: dict) -> tuple[float, float, bool]:
+    """(NLL on the manifold - log area, normal-space NLL - its floor, approximate?) of a cell.
+
+    Cells of evaluate_mixture since 2026-12-08 hold the exact split (heldout_nll_surface / _normal, see
+    patchreg.charts.metrics). Older cells hold the NLL and the finalized sigma only: there the normal part is taken as
+    its value when the held-out residuals average codim sigma^2 (sigma is their maximum-likelihood value on the
+    training points), codim/2 log(2 pi e sigma^2), and flagged approximate. The normal part's floor is
+    codim/2 log(2 pi e s^2) for data with Gaussian noise s, minus infinity for noise-free data (reported as the
+    normal part itself)."""
+    from patchreg.data.toy_manifolds import get_manifold
+
+    m = get_manifold(c["manifold"])
+    codim = m.ambient_dim - m.intrinsic_dim
+    approx = "heldout_nll_normal" not in c
+    normal = 0.5 * codim * np.log(2 * np.pi * np.e * c["sigma"] ** 2) if approx else c["heldout_nll_normal"]
+    floor = 0.5 * codim * np.log(2 * np.pi * np.e * c["noise"] ** 2) if c.get("noise") else 0.0
+    return c["heldout_nll"] - normal - np.log(m.area()), normal - floor, approx
 
 
 def load_cells(paths: list[str]) -> list[dict]:
-    """The cells of every JSONL, the last copy of each (manifold, family, seed, steps) kept."""
+    """The cells of every JSONL, the last copy of each (manifold, family, seed, steps, noise) kept."""
     cells = {}
     for path in paths:
         for line in Path(path).read_text().splitlines():
             if line.strip():
                 c = json.loads(line)
-                cells[(c["manifold"], c["family"], c["seed"], c["steps"])] = c
+                cells[(c["manifold"], c["family"], c["seed"], c["steps"], c.get("noise", 0.0))] = c
     for c in cells.values():
         c["coverage_gap"] = c["coverage"] - c["coverage_floor"]
         c["w2_ratio"] = c["sliced_w2"] / c["sliced_w2_floor"]
+        c["surface_excess"], c["normal_excess"], c["parts_approximate"] = nll_parts(c)
     return list(cells.values())
+
+
+def still_improving(longer: list[float], shorter: list[float], better: str) -> bool:
+    """Whether the longer schedule's seed mean is better than the shorter's by more than two standard errors of the
+    difference (seed spread from both lengths' sample variances)."""
+    a, b = np.asarray(longer), np.asarray(shorter)
+    gain = (b.mean() - a.mean()) if better == "low" else (a.mean() - b.mean())
+    se = np.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0.0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0.0))
+    return bool(gain > 2 * se)
+
+
+def plateau_from(cells: list[dict], key: str, better: str) -> int | None:
+    """The shortest schedule length from which no longer schedule is still improving `key` (still_improving), or None
+    when even the longest but one is; None too with fewer than two lengths."""
+    lengths = sorted({c["steps"] for c in cells})
+    values = {s: [c[key] for c in cells if c["steps"] == s] for s in lengths}
+    for i, s in enumerate(lengths[:-1]):
+        if not any(still_improving(values[t], values[s], better) for t in lengths[i + 1:]):
+            return s
+    return None
 
 
 def spread(values: list[float], digits: int) -> str:
@@ -60,8 +104,10 @@ def doubling_factor(by_seed: dict[int, dict], shorter: dict[int, dict], key: str
     return float(np.exp(np.mean(logs))), len(seeds)
 
 
-def table_rows(cells: list[dict], manifold: str, family: str) -> list[str]:
+def table_rows(cells: list[dict], manifold: str, family: str, noise: float = 0.0) -> list[str]:
     rows = []
+    cells = [c for c in cells if c.get("noise", 0.0) == noise]
+    label = manifold + (f" + noise {noise:g}" if noise else "")
     lengths = sorted({c["steps"] for c in cells if (c["manifold"], c["family"]) == (manifold, family)})
     previous = None
     for steps in lengths:
@@ -69,8 +115,10 @@ def table_rows(cells: list[dict], manifold: str, family: str) -> list[str]:
         met = sum(all(goal_checks(c).values()) for c in rs.values())
         factor, n = doubling_factor(rs, previous) if previous else (float("nan"), 0)
         step_text = f"x{factor:.2f} ({n} seed{'s' if n > 1 else ''})" if n else "-"
-        rows.append(f"| {manifold} | {family} | {steps} | {','.join(map(str, sorted(rs)))} | "
-                    + " | ".join(spread([c[k] for c in rs.values()], d) for k, _, d in COLUMNS)
+        approx = "~" if any(c["parts_approximate"] for c in rs.values()) else ""
+        rows.append(f"| {label} | {family} | {steps} | {','.join(map(str, sorted(rs)))} | "
+                    + " | ".join(("" if k in ("heldout_nll", "dist_mean_rel", "dist_p95_rel", "coverage_gap", "w2_ratio")
+                                  else approx) + spread([c[k] for c in rs.values()], d) for k, _, d in COLUMNS)
                     + f" | {step_text} | {met} of {len(rs)} | {np.mean([c['train_seconds'] for c in rs.values()]):.0f} |")
         previous = rs
     return rows
@@ -111,7 +159,27 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plateau_rows(cells: list[dict]) -> list[str]:
+    """Per toy, family and noise: from which schedule length each metric stops improving (plateau_from)."""
+    rows = []
+    for noise in sorted({c.get("noise", 0.0) for c in cells}):
+        for family in ("fif", "vae"):
+            for manifold in MANIFOLDS:
+                rs = [c for c in cells if (c["manifold"], c["family"], c.get("noise", 0.0)) == (manifold, family, noise)]
+                lengths = sorted({c["steps"] for c in rs})
+                if len(lengths) < 2:
+                    continue
+                verdicts = []
+                for key, _, better in PLATEAU_METRICS:
+                    at = plateau_from(rs, key, better)
+                    verdicts.append(f"from {at}" if at is not None else f"**improving at {lengths[-1]}**")
+                label = manifold + (f" + noise {noise:g}" if noise else "")
+                rows.append(f"| {label} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts) + " |")
+    return rows
+
+
 def write_report(cells: list[dict], out: Path, argv: list[str]) -> str:
+    noises = sorted({c.get("noise", 0.0) for c in cells})
     lines = ["# Chart mixtures against the length of the training schedule (issue 15)", "",
              f"Command: `.venv/bin/python bench/charts_schedule_length.py {shlex.join(argv)}`", "",
              "Each row: cells of bench/charts_toy_seeds.py trained with one cosine schedule of that many steps and "
@@ -123,17 +191,37 @@ def write_report(cells: list[dict], out: Path, argv: list[str]) -> str:
              "mean over the seeds run at both lengths. \"goal met\": all three criteria of issue 15 "
              "(distance <= Alberti et al.'s code's where measured). Train s: 1 thread on a shared 2-core machine, "
              "indicative only.", "",
+             "The held-out NLL split (patchreg.charts.metrics.heldout_nll_parts): the part on the manifold minus "
+             "log(area), the least any density on the manifold can have for these area-uniform toys (so about the KL "
+             "divergence from the true density on the manifold to the model's), and the normal-space part minus its floor "
+             "(codim/2 log(2 pi e s^2) for Gaussian noise s; noise-free data have none, the column is then the part "
+             "itself, which falls without bound as the fitted sigma shrinks). ~: cells from before the split was "
+             "recorded, whose normal part is codim/2 log(2 pi e sigma^2) of their finalized sigma (the value when the "
+             "held-out residuals average codim sigma^2; see nll_parts)." + (
+                 " Rows \"+ noise s\": the training and held-out points carry Gaussian noise of standard deviation s "
+                 "(load_dataset(noise=s)); distances are the noise-free samples' to the exact manifold, sliced W2 is "
+                 "the noisy samples' against the noisy held-out points, against noisy true samples as its floor."
+                 if any(noises) else ""), "",
              "| manifold | family | steps | seeds | " + " | ".join(c[1] for c in COLUMNS)
              + " | dist per doubling | goal met | train s |", "|---" * (len(COLUMNS) + 7) + "|"]
-    for family in ("fif", "vae"):
-        for manifold in MANIFOLDS:
-            lines += table_rows(cells, manifold, family)
+    for noise in noises:
+        for family in ("fif", "vae"):
+            for manifold in MANIFOLDS:
+                lines += table_rows(cells, manifold, family, noise)
+    lines += ["", "## Where each metric stops improving", "",
+              "The shortest schedule from which no longer one improves the metric's seed mean by more than two standard "
+              "errors of the difference (bench/charts_schedule_length.py, still_improving / plateau_from; the seed "
+              "spread of both lengths). \"improving at L\": even the schedule before the longest one, L, is beaten.", "",
+              "| manifold | family | lengths | " + " | ".join(name for _, name, _ in PLATEAU_METRICS) + " |",
+              "|---" * (len(PLATEAU_METRICS) + 3) + "|", *plateau_rows(cells)]
     out.write_text("\n".join(lines) + "\n" + keep_reading(out))
     out.with_suffix(".json").write_text(json.dumps(
-        [{k: c[k] for k in ("manifold", "family", "seed", "steps", "dist_mean_rel", "dist_p95_rel", "coverage",
-                            "coverage_floor", "sliced_w2", "sliced_w2_floor", "heldout_nll", "train_seconds")}
-         for c in sorted(cells, key=lambda c: (c["family"], c["manifold"], c["steps"], c["seed"]))], indent=1) + "\n")
-    plot(cells, out.with_suffix(".png"))
+        [{k: c.get(k, 0.0) for k in ("manifold", "family", "seed", "steps", "noise", "dist_mean_rel", "dist_p95_rel",
+                                     "coverage", "coverage_floor", "sliced_w2", "sliced_w2_floor", "heldout_nll",
+                                     "surface_excess", "normal_excess", "parts_approximate", "train_seconds")}
+         for c in sorted(cells, key=lambda c: (c.get("noise", 0.0), c["family"], c["manifold"], c["steps"], c["seed"]))],
+        indent=1) + "\n")
+    plot([c for c in cells if not c.get("noise")], out.with_suffix(".png"))
     return "\n".join(lines)
 
 

@@ -79,12 +79,15 @@ def variant_of(args) -> str:
         changed.append(f"n_train={args.n_train}")
     if args.steps is not None:
         changed.append(f"steps={args.steps}")
+    if args.noise:
+        changed.append(f"noise={args.noise:g}")
     return ",".join(changed) or "defaults"
 
 
 def train_model(manifold: str, family: str, seed: int, n_train: int, n_eval: int, steps: int | None,
-                overrides: dict | None = None):
-    """One cell's model trained as `patchreg train charts` would (the toy's and family's defaults, `overrides` on top):
+                overrides: dict | None = None, noise: float = 0.0):
+    """One cell's model trained as `patchreg train charts` would (the toy's and family's defaults, `overrides` on top;
+    `noise`: Gaussian noise of that standard deviation on the training and held-out points):
     (model, dataset, k, width, config, train seconds, history)."""
     import time
 
@@ -96,7 +99,7 @@ def train_model(manifold: str, family: str, seed: int, n_train: int, n_eval: int
     from patchreg.charts.training import toy_defaults, toy_train_config
 
     TOY_DEFAULTS = toy_defaults(manifold, family)  # with the family's and the toy's own settings, as the CLI
-    data = load_dataset(f"toy:{manifold}", n_train, n_eval, seed)
+    data = load_dataset(f"toy:{manifold}", n_train, n_eval, seed, noise=noise)
     m = data.manifold
     overrides = dict(overrides or {})
     k = overrides.pop("charts", None) or TOY_DEFAULTS.get("charts") or m.suggested_charts
@@ -113,13 +116,14 @@ def train_model(manifold: str, family: str, seed: int, n_train: int, n_eval: int
 
 
 def train_cell(manifold: str, family: str, seed: int, n_train: int, n_eval: int, eps: float, steps: int | None,
-               overrides: dict | None = None) -> dict:
+               overrides: dict | None = None, noise: float = 0.0) -> dict:
     from patchreg.charts.metrics import evaluate_mixture
 
-    model, data, k, width, config, seconds, history = train_model(manifold, family, seed, n_train, n_eval, steps, overrides)
+    model, data, k, width, config, seconds, history = train_model(manifold, family, seed, n_train, n_eval, steps, overrides,
+                                                                   noise)
     metrics = evaluate_mixture(model.double(), data, n=n_eval, eps=eps, seed=seed)
     return dict(manifold=manifold, family=family, K=k, width=width, seed=seed, steps=config.total_steps,
-                n_train=n_train, **metrics, train_seconds=seconds, final_loss=history[-1]["loss"],
+                n_train=n_train, noise=noise, **metrics, train_seconds=seconds, final_loss=history[-1]["loss"],
                 sigma=float(model.sigma), config={k: v for k, v in vars(config).items()})
 
 
@@ -135,7 +139,7 @@ def train_main(args, argv) -> int:
                 if (manifold, family, seed, variant) in have:
                     continue
                 cell = train_cell(manifold, family, seed, args.n_train, args.n_eval, args.eps, args.steps,
-                                  overrides_of(args))
+                                  overrides_of(args), args.noise)
                 cell.update(variant=variant, overrides=overrides_of(args))
                 with cells_path.open("a") as fh:
                     fh.write(json.dumps(cell) + "\n")
@@ -179,7 +183,7 @@ def write_ablation(cells: list[dict], args, argv) -> None:
              f"steps (pre-training {cfg['pretrain_steps']}, mixture {cfg['mixture_steps']}, overlap {cfg['overlap_steps']}), "
              f"batch {cfg['batch_size']}, Adam lr {cfg['lr']} ({cfg['lr_schedule']}, to {cfg['lr_final']}x), train sigma "
              f"{cfg['train_sigma']}, width {base.get('width', 64)}, seed fraction {cfg['seed_fraction']}, {base['n_train']} "
-             f"noise-free training points, K as in the K column{own_settings(cells, manifolds)}.{family_settings(cells)} Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
+             f"{noise_text(cells)}, K as in the K column{own_settings(cells, manifolds)}.{family_settings(cells)} Metrics on {base['n_samples']} generated samples and as many held-out points, as in charts_toy_converged.md "
              "(distance relative to the diameter, coverage at eps = 0.1 and its floor, sliced W2 and its floor, held-out "
              f"NLL); {w2_note(cells)}. Goal of issue 15 (column \"goal met\"): distance <= Alberti et al.'s code's (torus 0.0014 of the "
              "diameter), coverage >= its floor - 0.001, sliced W2 <= 1.5x its floor. chart usage: the fewest and most of the generated samples any one chart drew. "
@@ -222,6 +226,16 @@ def write_ablation(cells: list[dict], args, argv) -> None:
     out.write_text("\n".join(lines) + "\n" + tail)
     out.with_suffix(".json").write_text(json.dumps(cells, indent=1) + "\n")
     print("\n".join(lines))
+
+
+def noise_text(cells: list[dict]) -> str:
+    """The training points' noise, as text: noise-free, or the Gaussian noise levels of the cells."""
+    levels = sorted({c.get("noise", 0.0) for c in cells})
+    if levels == [0.0]:
+        return "noise-free training points"
+    return (f"training and held-out points with Gaussian noise of standard deviation {' or '.join(f'{v:g}' for v in levels)} "
+            "(the variant says which; distances are the noise-free samples' to the exact manifold, sliced W2 the noisy "
+            "samples' against the noisy held-out points, its floor noisy true samples')")
 
 
 def refresh_floors(cells: list[dict], n_eval: int) -> None:
@@ -376,6 +390,8 @@ def main(argv=None) -> int:
     p.add_argument("--n-train", type=int, default=5000)
     p.add_argument("--n-eval", type=int, default=5000)
     p.add_argument("--eps", type=float, default=0.1)
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="training mode: Gaussian noise (standard deviation) on the toy's training and held-out points")
     g = p.add_argument_group("ablations (training mode): change one setting of the defaults")
     g.add_argument("--charts", type=int, default=None, help="K (default: the manifold's suggested K)")
     g.add_argument("--width", type=int, default=None)

@@ -13,10 +13,19 @@
   is what a perfect model gets. evaluate_mixture reports the model's as the mean over the same number of
   independent sample draws (W2_DRAWS; since 2026-12-06, before: one draw, still reported as
   sliced_w2_single), so that both sides of the comparison carry the same sampling noise;
-- heldout_nll: -mean log p(x) of held-out data under the model (nats per point).
+- heldout_nll: -mean log p(x) of held-out data under the model (nats per point);
+- heldout_nll_parts: that NLL split into the part on the manifold and the off-manifold (normal) part. A chart's
+  log p_k(x) is the sum of its density on its manifold, log q(z) - 1/2 log det(J^T J), and the normal-space Gaussian
+  -|x - D(z)|^2 / (2 sigma^2) - (n - d)/2 log(2 pi sigma^2); the normal part of the mixture's NLL is the
+  responsibility-weighted mean of the charts' Gaussian terms (exact where one chart holds a point), the surface part
+  the rest. On noise-free data the normal part has no floor (sigma, fitted to the residuals, shrinks as the fit
+  sharpens, codim log sigma with it), while the surface part is bounded below by log(area) of an area-uniform
+  manifold: its excess over that is (about) the KL divergence from the true density on the manifold to the model's.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -71,12 +80,16 @@ def sliced_wasserstein2(a, b, n_projections: int = 256, seed: int = 0) -> float:
     return float(((pa - pb) ** 2).mean().sqrt())
 
 
-def sliced_w2_floor(manifold, test, seed: int = 0, draws: int = 5) -> list[float]:
+def sliced_w2_floor(manifold, test, seed: int = 0, draws: int = 5, noise: float = 0.0) -> list[float]:
     """Sliced W2 of `draws` independent true samples of len(test) points against `test` (the floor a perfect
-    model scores). One draw is a noisy floor: on two circles, whose mass split between the circles moves
-    mass 3 units, single draws at 5000 points range over 0.04-0.09; report their mean."""
+    model scores); with `noise`, the true samples carry that Gaussian noise, as noisy test data do. One draw is a
+    noisy floor: on two circles, whose mass split between the circles moves mass 3 units, single draws at 5000
+    points range over 0.04-0.09; report their mean."""
+    from .datasets import add_noise
+
     test = torch.as_tensor(_np(test)).double()
-    return [sliced_wasserstein2(torch.from_numpy(manifold.sample(len(test), seed + 20_000 + i)), test, seed=seed)
+    return [sliced_wasserstein2(torch.from_numpy(add_noise(manifold.sample(len(test), seed + 20_000 + i), noise,
+                                                           seed + 20_000 + i)), test, seed=seed)
             for i in range(draws)]
 
 
@@ -85,6 +98,24 @@ def heldout_nll(model, x, batch: int = 1024) -> float:
     x = torch.as_tensor(x).to(model.log_alpha.dtype)
     with torch.no_grad():
         return float(-torch.cat([model.log_prob(x[i : i + batch]) for i in range(0, len(x), batch)]).mean())
+
+
+def heldout_nll_parts(model, x, batch: int = 1024) -> dict:
+    """{"nll", "normal", "surface"} in nats per point (nll = normal + surface; see the module docstring)."""
+    x = torch.as_tensor(x).to(model.log_alpha.dtype)
+    codim = model.ambient_dim - model.latent_dim
+    nll = normal = 0.0
+    with torch.no_grad():
+        for chunk in x.split(batch):
+            chart_lp = model.chart_log_probs(chunk)
+            log_p = torch.logsumexp(model.log_alpha + chart_lp, -1)
+            w = torch.softmax(model.log_alpha + chart_lp, -1)
+            gauss = torch.stack([-((chunk - c.decode(c.encode(chunk))) ** 2).sum(-1) / (2 * model._chart_sigma(model.sigma, k) ** 2)
+                                 - 0.5 * codim * torch.log(2 * math.pi * model._chart_sigma(model.sigma, k) ** 2)
+                                 for k, c in enumerate(model.charts)], -1)
+            nll -= float(log_p.sum())
+            normal -= float((w * gauss).sum())
+    return {"nll": nll / len(x), "normal": normal / len(x), "surface": (nll - normal) / len(x)}
 
 
 def _np(x) -> np.ndarray:
@@ -98,15 +129,23 @@ def evaluate_mixture(model, dataset, n: int = 2000, eps: float = 0.1, seed: int 
     """All metrics for `model` on a patchreg.charts.datasets.Dataset; toy manifolds get exact distances.
 
     The first n samples give the distances, coverage and chart usage; sliced W2 is the mean over W2_DRAWS draws
-    of n samples (the first draw alone: sliced_w2_single), like its floor."""
+    of n samples (the first draw alone: sliced_w2_single), like its floor. Noisy toy data (dataset.noise > 0): the
+    distances and coverage are those of the model's manifold (samples without noise, against the exact manifold),
+    sliced W2 compares the model's noisy samples (its own sigma) with the noisy held-out points, and its floor
+    noisy true samples."""
     gen = torch.Generator().manual_seed(seed)
     x, labels = model.sample(n, gen)
     test = dataset.test[:n]
-    draws = [x] + [model.sample(n, gen)[0] for _ in range(W2_DRAWS - 1)]
+    noisy = getattr(dataset, "noise", 0.0) > 0
+    draws = [model.sample(n, gen, noise=True)[0] if noisy else x]
+    draws += [model.sample(n, gen, noise=noisy)[0] for _ in range(W2_DRAWS - 1)]
     w2 = [sliced_wasserstein2(d[: len(test)].double(), test.double(), seed=seed) for d in draws]
+    parts = heldout_nll_parts(model, test)
     result = {
         "n_samples": n,
-        "heldout_nll": heldout_nll(model, test),
+        "heldout_nll": parts["nll"],
+        "heldout_nll_normal": parts["normal"],
+        "heldout_nll_surface": parts["surface"],
         "sliced_w2": float(np.mean(w2)),
         "sliced_w2_single": w2[0],
         "sliced_w2_draws": w2,
@@ -117,12 +156,16 @@ def evaluate_mixture(model, dataset, n: int = 2000, eps: float = 0.1, seed: int 
         diameter = manifold_diameter(dataset.manifold)
         result.update(diameter=diameter, dist_mean_rel=result["dist_mean"] / diameter,
                       dist_p95_rel=result["dist_p95"] / diameter)
+        try:  # the surface NLL's floor on an area-uniform manifold (noisy data: its normal part has a floor too)
+            result["surface_entropy"] = math.log(dataset.manifold.area())
+        except NotImplementedError:
+            pass
         reference = dataset.manifold.sample(4 * n, seed + 777)
         result["coverage"] = coverage(reference, x, eps)
         result["coverage_eps"] = eps
         if not isinstance(dataset.manifold, toy_manifolds.PointCloud):
             # the floor: true samples of the same size against the same held-out points, mean of 5 draws
-            draws = sliced_w2_floor(dataset.manifold, test, seed)
+            draws = sliced_w2_floor(dataset.manifold, test, seed, noise=getattr(dataset, "noise", 0.0))
             result["sliced_w2_floor"] = float(np.mean(draws))
             result["sliced_w2_floor_draws"] = draws
             # what n true samples score (below 1 where n points cannot fill the eps-neighbourhoods)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -22,6 +23,8 @@ def register_train(train_kinds) -> None:
                         "(with --patch-size)")
     p.add_argument("--patch-size", type=int, default=None,
                    help="image data: model p x p patches (mean removed; per-chart noise levels), e.g. 6 or 8")
+    p.add_argument("--data-noise", type=float, default=0.0,
+                   help="toy data: add Gaussian noise of this standard deviation to the points (default 0: on the manifold)")
     p.add_argument("--responsibility-floor", type=float, default=1e-3,
                    help="image data: a chart's loss is evaluated only where its responsibility exceeds this "
                         "(0: every point; patches are nearly hard-assigned, so this saves most of the work)")
@@ -89,6 +92,8 @@ def register(commands) -> None:
     e = commands.add_parser("evaluate", help="metrics of a trained chart mixture on held-out data")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True, help="toy:NAME | points:FILE.npy | digits")
+    e.add_argument("--data-noise", type=float, default=0.0,
+                   help="toy data: Gaussian noise of this standard deviation on the held-out points (as trained with)")
     e.add_argument("--n", type=int, default=2000, help="generated samples and held-out points")
     e.add_argument("--eps", type=float, default=0.1, help="coverage radius")
     e.add_argument("--seed", type=int, default=0)
@@ -151,6 +156,10 @@ def _train_in_world(args) -> int:
         raise ValueError("--latent-blocks is for the vae family on point data (--family vae, no --patch-size)")
     if not args.overlap_scale >= 1:
         raise ValueError(f"--overlap-scale must be >= 1 (1: no hand-off), got {args.overlap_scale}")
+    if args.data_noise != 0 and not args.data.startswith("toy:"):
+        raise ValueError(f"--data-noise is for toy data (--data toy:NAME), got --data {args.data}")
+    if not (args.data_noise >= 0 and math.isfinite(args.data_noise)):
+        raise ValueError(f"--data-noise must be a finite number >= 0, got {args.data_noise}")
     if args.responsibility_sigma != "shared" and not image:
         raise ValueError("--responsibility-sigma per-chart is for image data (--patch-size): point-data models have "
                          "one sigma for all charts")
@@ -158,7 +167,7 @@ def _train_in_world(args) -> int:
         if args.charts is None:
             args.charts = 2
         return _train_patches(args)
-    data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1)
+    data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1, noise=args.data_noise)
     if args.charts is None:
         args.charts = (defaults.get("charts") or data.manifold.suggested_charts) if args.data.startswith("toy:") else 2
     d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
@@ -265,7 +274,7 @@ def _evaluate(args) -> int:
     from ..io import atomic_write_json
 
     model, header = load_mixture(args.checkpoint)
-    dataset = load_dataset(args.data, 10, args.n, args.seed, model.latent_dim)
+    dataset = load_dataset(args.data, 10, args.n, args.seed, model.latent_dim, noise=args.data_noise)
     if dataset.test.shape[1] != model.ambient_dim:
         raise ValueError(f"data {args.data} has dimension {dataset.test.shape[1]}, the model {model.ambient_dim}")
     result = evaluate_mixture(model, dataset, args.n, args.eps, args.seed)
