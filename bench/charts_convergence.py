@@ -83,6 +83,13 @@ def make_callback(data, config, out: Path, meta: dict, eval_n: int, eps: float):
     return callback
 
 
+def _parts_text(r: dict) -> str:
+    """The held-out NLL's part on the manifold less log(area), and its normal part (curves since 2026-12-08)."""
+    if "heldout_nll_surface" not in r or "surface_entropy" not in r:
+        return "- | -"
+    return f"{r['heldout_nll_surface'] - r['surface_entropy']:.3f} | {r['heldout_nll_normal']:.3f}"
+
+
 def report(paths: list[str], out: str, title: str, note: str, argv, figure: str | None = None) -> None:
     """A markdown table of the curves in the JSONL files `paths` (one section per file)."""
     lines = [f"# {title}", "", f"Command: `.venv/bin/python bench/charts_convergence.py {' '.join(argv)}`", "", note, ""]
@@ -96,11 +103,13 @@ def report(paths: list[str], out: str, title: str, note: str, argv, figure: str 
                   f"{r0['lr_schedule']}, train sigma {r0['train_sigma']}, width {r0['width']}, seed fraction "
                   f"{r0.get('seed_fraction', 1.0)}; {r0['n_train']} training points; file `{Path(path).name}`.", "",
                   "| step | phase | lr | loss | dist mean / diam | dist p95 / diam | coverage (floor) | sliced W2 (floor) | "
-                  "held-out NLL | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "held-out NLL | on the manifold - log area | normal part | train s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             lines.append(f"| {r['step']} | {r['phase']} | {r['lr']:.2g} | {r['loss']:.4g} | {r['dist_mean_rel']:.5f} | "
                          f"{r['dist_p95_rel']:.5f} | {r['coverage']:.4f} ({r.get('coverage_floor', float('nan')):.4f}) | "
-                         f"{r['sliced_w2']:.4f} ({r['sliced_w2_floor']:.4f}) | {r['heldout_nll']:.3f} | {r['seconds']:.0f} |")
+                         f"{r['sliced_w2']:.4f} ({r['sliced_w2_floor']:.4f}) | {r['heldout_nll']:.3f} | {_parts_text(r)} | "
+                         f"{r['seconds']:.0f} |")
         lines.append("")
     if figure:
         plot_curves(paths, figure)
@@ -108,6 +117,14 @@ def report(paths: list[str], out: str, title: str, note: str, argv, figure: str 
     reading = keep_reading(Path(out))  # the hand-written reading survives a regeneration
     Path(out).write_text("\n".join(lines) + "\n" + reading.lstrip("\n"))
     print("\n".join(lines))
+
+
+def _panel_value(r: dict, key: str) -> float:
+    if key == "w2_ratio":
+        return r["sliced_w2"] / r["sliced_w2_floor"]
+    if key == "surface_excess":  # curves from before the NLL split: no point
+        return r["heldout_nll_surface"] - r["surface_entropy"] if "surface_entropy" in r else float("nan")
+    return r[key]
 
 
 def plot_curves(paths: list[str], figure: str) -> None:
@@ -118,7 +135,8 @@ def plot_curves(paths: list[str], figure: str) -> None:
     import matplotlib.pyplot as plt
 
     panels = (("loss", "training loss", False), ("dist_mean_rel", "mean distance / diameter", True),
-              ("w2_ratio", "sliced W2 / floor", False), ("heldout_nll", "held-out NLL", False))
+              ("w2_ratio", "sliced W2 / floor", False), ("heldout_nll", "held-out NLL", False),
+              ("surface_excess", "held-out NLL on the manifold - log area", False))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))
     colours = {}  # one colour per toy, the line style tells the family
     for path in paths:
@@ -130,7 +148,7 @@ def plot_curves(paths: list[str], figure: str) -> None:
         colour = colours.setdefault(rows[0]["manifold"], f"C{len(colours) % 10}")
         steps = [r["step"] for r in rows]
         for ax, (key, title, log) in zip(axes, panels):
-            values = [r["sliced_w2"] / r["sliced_w2_floor"] if key == "w2_ratio" else r[key] for r in rows]
+            values = [_panel_value(r, key) for r in rows]
             ax.plot(steps, values, style, color=colour, marker="o", markersize=3, label=label)
             ax.set_title(title)
             ax.set_xlabel("step")

@@ -159,6 +159,13 @@ def plot(cells: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def power_law_exponent(cells: list[dict], key: str = "dist_mean_rel") -> float:
+    """a of the least-squares fit log metric = c - a log steps over every cell (each seed a point)."""
+    steps = np.log([c["steps"] for c in cells])
+    values = np.log([c[key] for c in cells])
+    return float(-np.polyfit(steps, values, 1)[0])
+
+
 def plateau_rows(cells: list[dict]) -> list[str]:
     """Per toy, family and noise: from which schedule length each metric stops improving (plateau_from)."""
     rows = []
@@ -174,7 +181,8 @@ def plateau_rows(cells: list[dict]) -> list[str]:
                     at = plateau_from(rs, key, better)
                     verdicts.append(f"from {at}" if at is not None else f"**improving at {lengths[-1]}**")
                 label = manifold + (f" + noise {noise:g}" if noise else "")
-                rows.append(f"| {label} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts) + " |")
+                rows.append(f"| {label} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts)
+                            + f" | {power_law_exponent(rs):.2f} |")
     return rows
 
 
@@ -212,8 +220,10 @@ def write_report(cells: list[dict], out: Path, argv: list[str]) -> str:
               "The shortest schedule from which no longer one improves the metric's seed mean by more than two standard "
               "errors of the difference (bench/charts_schedule_length.py, still_improving / plateau_from; the seed "
               "spread of both lengths). \"improving at L\": even the schedule before the longest one, L, is beaten.", "",
-              "| manifold | family | lengths | " + " | ".join(name for _, name, _ in PLATEAU_METRICS) + " |",
-              "|---" * (len(PLATEAU_METRICS) + 3) + "|", *plateau_rows(cells)]
+              "distance ~ steps^-a: the exponent of a least-squares power law through every cell of the row (a = 1: "
+              "halved by each doubling; 0: flat).", "",
+              "| manifold | family | lengths | " + " | ".join(name for _, name, _ in PLATEAU_METRICS) + " | distance ~ steps^-a |",
+              "|---" * (len(PLATEAU_METRICS) + 4) + "|", *plateau_rows(cells)]
     out.write_text("\n".join(lines) + "\n" + keep_reading(out))
     out.with_suffix(".json").write_text(json.dumps(
         [{k: c.get(k, 0.0) for k in ("manifold", "family", "seed", "steps", "noise", "dist_mean_rel", "dist_p95_rel",
