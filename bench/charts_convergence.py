@@ -17,7 +17,6 @@ Without the model options the run uses the defaults of `patchreg train charts` (
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys
@@ -57,30 +56,18 @@ def build(args):
 
 
 def make_callback(data, config, out: Path, meta: dict, eval_n: int, eps: float):
-    import torch
+    """patchreg.charts.curves.heldout_curve_callback, each evaluated record appended to `out` with `meta` and printed."""
+    from patchreg.charts.curves import heldout_curve_callback
 
-    from patchreg.charts.metrics import evaluate_mixture
-    from patchreg.charts.training import finalize, finalize_points
-
-    # the points train_mixture finalizes on (its training data, no resample), so the curve's last row is the trained model
-    final_points = finalize_points(data.train.float(), config, torch.float32)
-
-    def callback(step, model, record):
-        if step % meta["eval_every"] and step != config.total_steps:
-            return
-        copy_ = copy.deepcopy(model)
-        finalize(copy_, final_points.to(copy_.log_alpha.dtype), config.train_sigma)
-        metrics = evaluate_mixture(copy_.double(), data, n=eval_n, eps=eps, seed=meta["seed"])
-        record.update({k: v for k, v in metrics.items() if k != "chart_usage"})
-        line = {**meta, **record, "lr": config.learning_rate(step - 1), "chart_usage": metrics["chart_usage"],
-                "sigma": float(copy_.sigma.max())}
+    def sink(record):
         with out.open("a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        print(f"step {step:6d} {record['phase']:8s} loss {record['loss']:9.4g} rel {metrics['dist_mean_rel']:.5f} "
-              f"p95 {metrics['dist_p95_rel']:.5f} cov {metrics['coverage']:.3f} sw2 {metrics['sliced_w2']:.4f}/"
-              f"{metrics['sliced_w2_floor']:.4f} covfloor {metrics['coverage_floor']:.3f} nll {metrics['heldout_nll']:.3f} t {record['seconds']:.0f}s", flush=True)
+            fh.write(json.dumps({**meta, **record}) + "\n")
+        print(f"step {record['step']:6d} {record['phase']:8s} loss {record['loss']:9.4g} rel {record['dist_mean_rel']:.5f} "
+              f"p95 {record['dist_p95_rel']:.5f} cov {record['coverage']:.3f} sw2 {record['sliced_w2']:.4f}/"
+              f"{record['sliced_w2_floor']:.4f} covfloor {record['coverage_floor']:.3f} nll {record['heldout_nll']:.3f} "
+              f"t {record['seconds']:.0f}s", flush=True)
 
-    return callback
+    return heldout_curve_callback(data, config, meta["eval_every"], eval_n, eps, meta["seed"], sink)
 
 
 def _parts_text(r: dict) -> str:

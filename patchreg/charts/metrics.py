@@ -21,6 +21,8 @@
   the rest. On noise-free data the normal part has no floor (sigma, fitted to the residuals, shrinks as the fit
   sharpens, codim log sigma with it), while the surface part is bounded below by log(area) of an area-uniform
   manifold: its excess over that is (about) the KL divergence from the true density on the manifold to the model's.
+  The bound needs the model's manifold to be the true one (distances far below the manifold's scale): the density
+  on the manifold is normalised on the model's own manifold, which an untrained model may have shrunk.
 """
 
 from __future__ import annotations

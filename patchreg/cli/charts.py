@@ -73,6 +73,10 @@ def register_train(train_kinds) -> None:
                    help="mixture phase: every N steps re-seed the dead charts (weight < 0.1 / K) on the worst-explained "
                         "data (0: never, the default), each first trained alone on its cluster for 50 steps")
     p.add_argument("--n-train", type=int, default=5000, help="training points drawn from a toy manifold")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="point data: every this many steps (and at the end) evaluate a finalized copy on held-out "
+                        "points and write the curve to OUT.curve.md / .json (0: off, the default)")
+    p.add_argument("--eval-n", type=int, default=2000, help="point data: held-out points and samples per evaluation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--resume", action="store_true", help="continue from --out if it holds a training state")
@@ -119,6 +123,7 @@ def _train_in_world(args) -> int:
     import torch
 
     from ..charts import TrainingDiverged, build_mixture, load_mixture, train_mixture
+    from ..charts.curves import heldout_curve_callback
     from ..charts.datasets import load_dataset
     from ..charts.training import toy_defaults, toy_train_config
 
@@ -160,6 +165,10 @@ def _train_in_world(args) -> int:
         raise ValueError(f"--data-noise is for toy data (--data toy:NAME), got --data {args.data}")
     if not (args.data_noise >= 0 and math.isfinite(args.data_noise)):
         raise ValueError(f"--data-noise must be a finite number >= 0, got {args.data_noise}")
+    if args.eval_every < 0 or args.eval_n < 1:
+        raise ValueError(f"--eval-every must be >= 0 (0: off) and --eval-n >= 1, got {args.eval_every} and {args.eval_n}")
+    if args.eval_every and image:
+        raise ValueError("--eval-every is for point data (toy:NAME, points:FILE.npy, digits), not image patches")
     if args.responsibility_sigma != "shared" and not image:
         raise ValueError("--responsibility-sigma per-chart is for image data (--patch-size): point-data models have "
                          "one sigma for all charts")
@@ -167,7 +176,8 @@ def _train_in_world(args) -> int:
         if args.charts is None:
             args.charts = 2
         return _train_patches(args)
-    data = load_dataset(args.data, args.n_train, 10, args.seed, args.latent_dim or 1, noise=args.data_noise)
+    data = load_dataset(args.data, args.n_train, args.eval_n if args.eval_every else 10, args.seed, args.latent_dim or 1,
+                        noise=args.data_noise)
     if args.charts is None:
         args.charts = (defaults.get("charts") or data.manifold.suggested_charts) if args.data.startswith("toy:") else 2
     d = args.latent_dim or (data.manifold.intrinsic_dim if data.manifold is not None else None)
@@ -186,15 +196,32 @@ def _train_in_world(args) -> int:
     config = toy_train_config(args.steps, batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule,
                               train_sigma=args.train_sigma, seed=args.seed, checkpoint_every=args.checkpoint_every,
                               seed_fraction=args.seed_fraction, revive_every=args.revive_every,
-                              overlap_scale=args.overlap_scale, overlap_in_loss=args.overlap_in_loss)
+                              overlap_scale=args.overlap_scale, overlap_in_loss=args.overlap_in_loss,
+                              log_every=math.gcd(50, args.eval_every) if args.eval_every else 50)  # the callback's steps
+    callback = (heldout_curve_callback(data, config, args.eval_every, min(args.eval_n, len(data.test)), seed=args.seed)
+                if args.eval_every else None)
     try:
-        history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress)
+        history = train_mixture(model, data.train.float(), config, out, resume=args.resume, progress=not args.no_progress,
+                                callback=callback)
     except TrainingDiverged as exc:
         print(f"patchreg train charts: {exc}", file=sys.stderr)
         return 1
+    if args.eval_every and current_world().is_main:  # rank 0 alone evaluates (train_mixture's callback)
+        _write_curve(out, history, f"{args.family} mixture, K = {args.charts}, {args.data}, seed {args.seed}")
     print(f"trained {args.family} mixture K={args.charts} d={d} on {args.data}: final loss {history[-1]['loss']:.4g}, "
           f"sigma {model.sigma.item():.4g}, alpha {[round(a, 3) for a in model.log_alpha.exp().tolist()]} -> {out}")
     return 0
+
+
+def _write_curve(out: Path, history: list[dict], title: str) -> None:
+    """OUT.curve.md and OUT.curve.json: the held-out curve of the training (resumed runs: the whole curve)."""
+    from ..charts.curves import curve_markdown, curve_rows
+    from ..io import atomic_write_json, atomic_write_text
+
+    rows = curve_rows(history)
+    atomic_write_text(out.with_suffix(".curve.md"), curve_markdown(rows, f"Training curve: {title}"))
+    atomic_write_json(out.with_suffix(".curve.json"), rows)
+    print(f"held-out curve ({len(rows)} evaluations) -> {out.with_suffix('.curve.md')}")
 
 
 IMAGE_SPECS = ("train400", "bundled", "images:")
