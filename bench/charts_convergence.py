@@ -72,9 +72,10 @@ def make_callback(data, config, out: Path, meta: dict, eval_n: int, eps: float):
 
 def _parts_text(r: dict) -> str:
     """The held-out NLL's part on the manifold less log(area), and its normal part (curves since 2026-12-08)."""
-    if "heldout_nll_surface" not in r or "surface_entropy" not in r:
-        return "- | -"
-    return f"{r['heldout_nll_surface'] - r['surface_entropy']:.3f} | {r['heldout_nll_normal']:.3f}"
+    from patchreg.charts.metrics import surface_excess
+
+    excess = surface_excess(r)
+    return "- | -" if excess is None else f"{excess:.3f} | {r['heldout_nll_normal']:.3f}"
 
 
 def report(paths: list[str], out: str, title: str, note: str, argv, figure: str | None = None) -> None:
@@ -110,7 +111,10 @@ def _panel_value(r: dict, key: str) -> float:
     if key == "w2_ratio":
         return r["sliced_w2"] / r["sliced_w2_floor"]
     if key == "surface_excess":  # curves from before the NLL split: no point
-        return r["heldout_nll_surface"] - r["surface_entropy"] if "surface_entropy" in r else float("nan")
+        from patchreg.charts.metrics import surface_excess
+
+        excess = surface_excess(r)
+        return float("nan") if excess is None else excess
     return r[key]
 
 

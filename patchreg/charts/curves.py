@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 
 from .. import _checks
-from .metrics import evaluate_mixture
+from .metrics import evaluate_mixture, surface_excess
 from .training import TrainConfig, finalize, finalize_points
 
 # the record keys a curve row keeps (beyond step, phase, loss, seconds)
@@ -72,8 +72,8 @@ def curve_markdown(rows: list[dict], title: str = "Training curve") -> str:
              "held-out NLL | on the manifold - log area | normal part | sigma | train s |",
              "|---" * 13 + "|"]
     for r in rows:
-        surface = (f"{r['heldout_nll_surface'] - r['surface_entropy']:.3f}"
-                   if "surface_entropy" in r and "heldout_nll_surface" in r else "-")
+        excess = surface_excess(r)
+        surface = "-" if excess is None else f"{excess:.3f}"
         lines.append(f"| {r['step']} | {r['phase']} | {r.get('lr', float('nan')):.2g} | {r['loss']:.4g} | "
                      f"{_cell(r, 'dist_mean_rel', 5)} | {_cell(r, 'dist_p95_rel', 5)} | {_cell(r, 'coverage', 4)} "
                      f"({_cell(r, 'coverage_floor', 4)}) | {_cell(r, 'sliced_w2', 4)} ({_cell(r, 'sliced_w2_floor', 4)}) | "

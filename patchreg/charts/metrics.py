@@ -120,6 +120,14 @@ def heldout_nll_parts(model, x, batch: int = 1024) -> dict:
     return {"nll": nll / len(x), "normal": normal / len(x), "surface": (nll - normal) / len(x)}
 
 
+def surface_excess(metrics: dict) -> float | None:
+    """evaluate_mixture's held-out NLL on the manifold less log(area) (about the KL divergence from the true density on
+    the manifold to the model's), or None where the metrics lack either (no area, or recorded before the split)."""
+    if "heldout_nll_surface" not in metrics or "surface_entropy" not in metrics:
+        return None
+    return metrics["heldout_nll_surface"] - metrics["surface_entropy"]
+
+
 def _np(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
