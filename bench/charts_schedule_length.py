@@ -29,9 +29,15 @@ MANIFOLDS = ("two_circles", "sphere", "annulus", "torus", "swiss_roll", "klein_b
 COLUMNS = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / diam", 5),
            ("coverage_gap", "coverage - floor", 4), ("w2_ratio", "sliced W2 / floor", 2), ("heldout_nll", "held-out NLL", 2),
            ("surface_excess", "NLL on the manifold - log area", 3), ("normal_excess", "normal NLL - its floor", 2)]
-# the metrics a converged schedule must have stopped improving, and the direction that is better
-PLATEAU_METRICS = (("dist_mean_rel", "distance", "low"), ("coverage_gap", "coverage", "high"), ("w2_ratio", "sliced W2", "low"),
-                   ("surface_excess", "NLL on the manifold", "low"), ("normal_excess", "normal NLL", "low"))
+# the metrics a converged schedule must have stopped improving, the direction that is better, and the least gain per
+# doubling of the steps that counts (a relative factor for the distance, which spans decades; absolute otherwise: 0.01
+# nats per point is a 1% likelihood ratio, 0.0005 of coverage 10 reference points in 20,000, 0.05 of W2 / floor a
+# tenth of the goal's margin)
+PLATEAU_METRICS = (("dist_mean_rel", "distance", "low", ("relative", 0.05)),
+                   ("coverage_gap", "coverage", "high", ("absolute", 0.0005)),
+                   ("w2_ratio", "sliced W2", "low", ("absolute", 0.05)),
+                   ("surface_excess", "NLL on the manifold", "low", ("absolute", 0.01)),
+                   ("normal_excess", "normal NLL", "low", ("absolute", 0.01)))
 
 
 def nll_parts(c: dict) -> tuple[float, float, bool]:
@@ -68,22 +74,32 @@ def load_cells(paths: list[str]) -> list[dict]:
     return list(cells.values())
 
 
-def still_improving(longer: list[float], shorter: list[float], better: str) -> bool:
+def still_improving(longer: list[float], shorter: list[float], better: str, doublings: float = 1.0,
+                    tolerance: tuple[str, float] = ("absolute", 0.0)) -> bool:
     """Whether the longer schedule's seed mean is better than the shorter's by more than two standard errors of the
-    difference (seed spread from both lengths' sample variances)."""
+    difference (the seed spread of both lengths) and by more than `tolerance` per doubling of the steps (`doublings`
+    between the two): ("absolute", t) a gain of t, ("relative", f) a factor 1 - f."""
     a, b = np.asarray(longer), np.asarray(shorter)
     gain = (b.mean() - a.mean()) if better == "low" else (a.mean() - b.mean())
     se = np.sqrt((a.var(ddof=1) / len(a) if len(a) > 1 else 0.0) + (b.var(ddof=1) / len(b) if len(b) > 1 else 0.0))
-    return bool(gain > 2 * se)
+    kind, tol = tolerance
+    if kind == "relative":  # the mean's factor per doubling (better == "low")
+        big = (a.mean() / b.mean()) ** (1 / doublings) < 1 - tol
+    else:
+        big = gain / doublings > tol
+    return bool(gain > 2 * se and big)
 
 
-def plateau_from(cells: list[dict], key: str, better: str) -> int | None:
+def plateau_from(cells: list[dict], key: str, better: str, tolerance: tuple[str, float] = ("absolute", 0.0)) -> int | None:
     """The shortest schedule length from which no longer schedule is still improving `key` (still_improving), or None
-    when even the longest but one is; None too with fewer than two lengths."""
-    lengths = sorted({c["steps"] for c in cells})
-    values = {s: [c[key] for c in cells if c["steps"] == s] for s in lengths}
+    when even the longest but one is; None too with fewer than two lengths. Lengths with a single seed have no spread
+    and are left out."""
+    values = {}
+    for c in cells:
+        values.setdefault(c["steps"], []).append(c[key])
+    lengths = sorted(s for s in values if len(values[s]) > 1)
     for i, s in enumerate(lengths[:-1]):
-        if not any(still_improving(values[t], values[s], better) for t in lengths[i + 1:]):
+        if not any(still_improving(values[t], values[s], better, np.log2(t / s), tolerance) for t in lengths[i + 1:]):
             return s
     return None
 
@@ -173,12 +189,14 @@ def plateau_rows(cells: list[dict]) -> list[str]:
         for family in ("fif", "vae"):
             for manifold in MANIFOLDS:
                 rs = [c for c in cells if (c["manifold"], c["family"], c.get("noise", 0.0)) == (manifold, family, noise)]
-                lengths = sorted({c["steps"] for c in rs})
+                seeds = {s: sum(c["steps"] == s for c in rs) for s in {c["steps"] for c in rs}}
+                lengths = sorted(s for s, n in seeds.items() if n > 1)
                 if len(lengths) < 2:
                     continue
+                rs = [c for c in rs if c["steps"] in lengths]
                 verdicts = []
-                for key, _, better in PLATEAU_METRICS:
-                    at = plateau_from(rs, key, better)
+                for key, _, better, tolerance in PLATEAU_METRICS:
+                    at = plateau_from(rs, key, better, tolerance)
                     verdicts.append(f"from {at}" if at is not None else f"**improving at {lengths[-1]}**")
                 label = manifold + (f" + noise {noise:g}" if noise else "")
                 rows.append(f"| {label} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts)
@@ -218,11 +236,13 @@ def write_report(cells: list[dict], out: Path, argv: list[str]) -> str:
                 lines += table_rows(cells, manifold, family, noise)
     lines += ["", "## Where each metric stops improving", "",
               "The shortest schedule from which no longer one improves the metric's seed mean by more than two standard "
-              "errors of the difference (bench/charts_schedule_length.py, still_improving / plateau_from; the seed "
-              "spread of both lengths). \"improving at L\": even the schedule before the longest one, L, is beaten.", "",
+              "errors of the difference (the seed spread of both lengths) and by more than a least gain per doubling of "
+              "the steps: 5% of the distance, 0.0005 of coverage, 0.05 of sliced W2 / floor, 0.01 nats of either NLL "
+              "part (bench/charts_schedule_length.py, PLATEAU_METRICS, still_improving, plateau_from; lengths run with "
+              "one seed only are left out). \"improving at L\": even the schedule before the longest one, L, is beaten.", "",
               "distance ~ steps^-a: the exponent of a least-squares power law through every cell of the row (a = 1: "
               "halved by each doubling; 0: flat).", "",
-              "| manifold | family | lengths | " + " | ".join(name for _, name, _ in PLATEAU_METRICS) + " | distance ~ steps^-a |",
+              "| manifold | family | lengths | " + " | ".join(name for _, name, _, _ in PLATEAU_METRICS) + " | distance ~ steps^-a |",
               "|---" * (len(PLATEAU_METRICS) + 4) + "|", *plateau_rows(cells)]
     out.write_text("\n".join(lines) + "\n" + keep_reading(out))
     out.with_suffix(".json").write_text(json.dumps(

@@ -51,8 +51,8 @@ TABLE = [("dist_mean_rel", "dist mean / diam", 5), ("dist_p95_rel", "dist p95 / 
 
 
 # the settings an ablation may change: option name -> TOY_DEFAULTS key (charts: the manifold's suggested K)
-OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "seed_fraction", "overlap_scale", "overlap_in_loss",
-             "latent_blocks")
+OVERRIDES = ("charts", "width", "train_sigma", "batch_size", "lr", "lr_final", "seed_fraction", "overlap_scale",
+             "overlap_in_loss", "latent_blocks")
 # the training settings a toy or a family may have of its own (TOY_SETTINGS, FAMILY_SETTINGS), named in table headers
 SETTING_KEYS = ("batch_size", "lr", "train_sigma", "seed_fraction", "lr_schedule", "overlap_scale")
 
@@ -398,6 +398,7 @@ def main(argv=None) -> int:
     g.add_argument("--train-sigma", type=float, default=None)
     g.add_argument("--batch-size", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--lr-final", type=float, default=None, help="the cosine schedule's last rate, as a fraction of --lr")
     g.add_argument("--seed-fraction", type=float, default=None)
     g.add_argument("--overlap-scale", type=float, default=None)
     g.add_argument("--overlap-in-loss", action="store_const", const=True, default=None,

@@ -88,3 +88,17 @@ def test_plateau_is_where_no_longer_schedule_beats_the_seed_spread():
     # "high" is better for coverage: a rise is an improvement
     assert csl.still_improving([0.0, 0.0001, 0.0], [-0.003, -0.0031, -0.0029], "high")
     assert not csl.still_improving([-0.003, -0.0031, -0.0029], [0.0, 0.0001, 0.0], "high")
+
+
+def test_small_gains_below_the_tolerance_per_doubling_do_not_count():
+    # 3% less distance per doubling, seeds tight: significant, but below the 5% least gain
+    slow = [_cell(seed=s, steps=n, dist=0.001 * 0.97 ** k + 1e-7 * s) for k, n in enumerate((3000, 6000, 12000))
+            for s in range(3)]
+    assert csl.plateau_from(slow, "dist_mean_rel", "low") is None
+    assert csl.plateau_from(slow, "dist_mean_rel", "low", ("relative", 0.05)) == 3000
+    # an absolute tolerance is per doubling: 0.015 nats over two doublings is 0.0075 a doubling
+    assert not csl.still_improving([0.0, 0.0001, 0.0], [0.015, 0.0151, 0.015], "low", 2.0, ("absolute", 0.01))
+    assert csl.still_improving([0.0, 0.0001, 0.0], [0.015, 0.0151, 0.015], "low", 1.0, ("absolute", 0.01))
+    # a length run with one seed has no spread and is left out
+    single = slow + [_cell(seed=0, steps=24000, dist=1e-5)]
+    assert csl.plateau_from(single, "dist_mean_rel", "low", ("relative", 0.05)) == 3000
