@@ -193,12 +193,15 @@ class TrainConfig:
 # and the held-out metrics still improve up to the end of any schedule tried (charts_convergence_defaults.md); 12000
 # (charts_steps12000_ablation.md, 14 FIF cells) meets it in 12 of 14, the Klein bottle's coverage falling with each doubling in
 # 2 of 3 seeds while its density on the surface does not improve (charts_klein_intrinsic_density.md, charts_schedule_length.md).
-# Convergence (2026-12-08, bench/results/charts_schedule_length.md, "Where each metric stops improving"): the held-out
-# NLL splits into its part on the manifold and its normal part (patchreg.charts.metrics.heldout_nll_parts). At 3000
-# steps FIF's coverage, sliced W2 and NLL on the manifold no longer improve with 2x or 4x the steps; what still falls is
-# the distance to the manifold and the NLL's normal part, which have no floor on these noise-free toys (sigma shrinks
-# with the residuals). With Gaussian noise on the points both have one, and FIF reaches it (bench/charts_noisy_toys:
-# see RESULTS.md, issue 15).
+# Convergence (2026-12-08, bench/results/charts_schedule_length.md, "Where each metric stops improving", and
+# charts_convergence_defaults.md): the held-out NLL splits into its part on the manifold and its normal part
+# (patchreg.charts.metrics.heldout_nll_parts). At 3000 steps FIF's coverage, sliced W2 and NLL on the manifold no longer
+# improve with 2x or 4x the steps (the manifold's density has converged); what longer schedules still improve is the
+# manifold's precision, the distance and the NLL's normal part: on the sphere until 24000 steps (8x), on the annulus,
+# swiss roll and Klein bottle past 12000. With Gaussian noise 0.02 on the points (a floor for both) FIF's precision
+# levels off at 3000 steps on two circles and 12000 on the sphere. A lower final rate (lr_final 0.001, 0.0001) did not
+# move the sphere's distance at 3000 steps; batch 512 took it 27% lower at 4x the time per step, less than 6000 steps
+# at batch 128 do.
 TOY_DEFAULTS = dict(steps=3000, pretrain_fraction=0.1, overlap_fraction=0.2, batch_size=128, lr=1e-3,
                     lr_schedule="cosine", lr_final=0.01, train_sigma=0.05, width=64, blocks=2, seed_fraction=0.3,
                     overlap_scale=1.0, overlap_in_loss=False)
