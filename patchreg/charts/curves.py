@@ -6,8 +6,8 @@ so the last row is the trained model) and adds evaluate_mixture's held-out metri
 which the checkpoint keeps (a resumed run's curve continues). `curve_rows(history)` takes those records back out and
 `curve_markdown(rows)` writes them as a table: loss, distance to the true manifold (toy data), coverage, sliced W2,
 the held-out NLL and its two parts (patchreg.charts.metrics.heldout_nll_parts). A metric still falling at the end of
-a curve is not converged; on noise-free toys the distance and the NLL's normal part have no floor, so they fall at
-any length (issue 15, bench/RESULTS.md).
+a curve is not converged; on noise-free toys the distance and the NLL's normal part have no floor set by the data and
+fall long after the rest has levelled off (the sphere's until about 24,000 steps; issue 15, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -17,11 +17,6 @@ import copy
 from .. import _checks
 from .metrics import evaluate_mixture, surface_excess
 from .training import TrainConfig, finalize, finalize_points
-
-# the record keys a curve row keeps (beyond step, phase, loss, seconds)
-CURVE_KEYS = ("lr", "dist_mean_rel", "dist_p95_rel", "coverage", "coverage_floor", "sliced_w2", "sliced_w2_floor",
-              "heldout_nll", "heldout_nll_surface", "heldout_nll_normal", "surface_entropy", "sigma")
-
 
 def heldout_curve_callback(dataset, config: TrainConfig, every: int, n: int = 2000, eps: float = 0.1, seed: int = 0,
                            sink=None):

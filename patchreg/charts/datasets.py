@@ -5,9 +5,9 @@ true manifold when known (toy data: exact distances), and the image side for ima
 
 `noise` (toy data only) adds isotropic Gaussian noise of that standard deviation to the training and held-out
 points, while `manifold` stays the exact one: the distance of generated samples to it then measures how well the
-model recovers the manifold under the noise. Noise-free toys have no floor on that distance (nor on the held-out NLL,
-whose maximum-likelihood sigma shrinks with it), so training never levels off there; with noise both have one
-(issue 15, bench/charts_noisy_toys.py).
+model recovers the manifold under the noise. Noise-free toys set no floor on that distance (nor on the held-out NLL,
+whose maximum-likelihood sigma shrinks with it), so both fall long after the rest has levelled off; with noise the
+data set one (issue 15: bench/charts_toy_seeds.py --noise, bench/results/charts_schedule_length.md).
 """
 
 from __future__ import annotations

@@ -112,12 +112,17 @@ def heldout_nll_parts(model, x, batch: int = 1024) -> dict:
             chart_lp = model.chart_log_probs(chunk)
             log_p = torch.logsumexp(model.log_alpha + chart_lp, -1)
             w = torch.softmax(model.log_alpha + chart_lp, -1)
-            gauss = torch.stack([-((chunk - c.decode(c.encode(chunk))) ** 2).sum(-1) / (2 * model._chart_sigma(model.sigma, k) ** 2)
-                                 - 0.5 * codim * torch.log(2 * math.pi * model._chart_sigma(model.sigma, k) ** 2)
+            gauss = torch.stack([_normal_log_density(chunk, c, model._chart_sigma(model.sigma, k), codim)
                                  for k, c in enumerate(model.charts)], -1)
             nll -= float(log_p.sum())
             normal -= float((w * gauss).sum())
     return {"nll": nll / len(x), "normal": normal / len(x), "surface": (nll - normal) / len(x)}
+
+
+def _normal_log_density(x, chart, sigma, codim: int) -> torch.Tensor:
+    """(B,) the chart's off-manifold Gaussian term: -|x - D(E(x))|^2 / (2 sigma^2) - codim/2 log(2 pi sigma^2)."""
+    variance = sigma**2
+    return -((x - chart.decode(chart.encode(x))) ** 2).sum(-1) / (2 * variance) - 0.5 * codim * torch.log(2 * math.pi * variance)
 
 
 def surface_excess(metrics: dict) -> float | None:
