@@ -197,8 +197,8 @@ class TrainConfig:
 # charts_convergence_defaults.md): the held-out NLL splits into its part on the manifold and its normal part
 # (patchreg.charts.metrics.heldout_nll_parts). At 3000 steps FIF's coverage, sliced W2 and NLL on the manifold no longer
 # improve with 2x or 4x the steps (the manifold's density has converged); what longer schedules still improve is the
-# manifold's precision, the distance and the NLL's normal part: on the sphere until 24000 steps (8x), on the annulus,
-# swiss roll and Klein bottle past 12000. With Gaussian noise 0.02 on the points (a floor for both) FIF's precision
+# manifold's precision, the distance and the NLL's normal part: on the sphere until 24000 steps (8x), on two circles past
+# 24000, on the annulus, swiss roll and Klein bottle past 12000. With Gaussian noise 0.02 on the points (a floor for both) FIF's precision
 # levels off at 3000 steps on two circles and 12000 on the sphere. A lower final rate (lr_final 0.001, 0.0001) did not
 # move the sphere's distance at 3000 steps; batch 512 took it 27% lower at 4x the time per step, less than 6000 steps
 # at batch 128 do.
