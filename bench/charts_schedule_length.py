@@ -120,10 +120,14 @@ def doubling_factor(by_seed: dict[int, dict], shorter: dict[int, dict], key: str
     return float(np.exp(np.mean(logs))), len(seeds)
 
 
+def row_label(manifold: str, noise: float) -> str:
+    return manifold + (f" + noise {noise:g}" if noise else "")
+
+
 def table_rows(cells: list[dict], manifold: str, family: str, noise: float = 0.0) -> list[str]:
     rows = []
     cells = [c for c in cells if c.get("noise", 0.0) == noise]
-    label = manifold + (f" + noise {noise:g}" if noise else "")
+    label = row_label(manifold, noise)
     lengths = sorted({c["steps"] for c in cells if (c["manifold"], c["family"]) == (manifold, family)})
     previous = None
     for steps in lengths:
@@ -133,8 +137,8 @@ def table_rows(cells: list[dict], manifold: str, family: str, noise: float = 0.0
         step_text = f"x{factor:.2f} ({n} seed{'s' if n > 1 else ''})" if n else "-"
         approx = "~" if any(c["parts_approximate"] for c in rs.values()) else ""
         rows.append(f"| {label} | {family} | {steps} | {','.join(map(str, sorted(rs)))} | "
-                    + " | ".join(("" if k in ("heldout_nll", "dist_mean_rel", "dist_p95_rel", "coverage_gap", "w2_ratio")
-                                  else approx) + spread([c[k] for c in rs.values()], d) for k, _, d in COLUMNS)
+                    + " | ".join((approx if k in ("surface_excess", "normal_excess") else "")
+                                 + spread([c[k] for c in rs.values()], d) for k, _, d in COLUMNS)
                     + f" | {step_text} | {met} of {len(rs)} | {np.mean([c['train_seconds'] for c in rs.values()]):.0f} |")
         previous = rs
     return rows
@@ -198,8 +202,7 @@ def plateau_rows(cells: list[dict]) -> list[str]:
                 for key, _, better, tolerance in PLATEAU_METRICS:
                     at = plateau_from(rs, key, better, tolerance)
                     verdicts.append(f"from {at}" if at is not None else f"**improving at {lengths[-1]}**")
-                label = manifold + (f" + noise {noise:g}" if noise else "")
-                rows.append(f"| {label} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts)
+                rows.append(f"| {row_label(manifold, noise)} | {family} | {', '.join(map(str, lengths))} | " + " | ".join(verdicts)
                             + f" | {power_law_exponent(rs):.2f} |")
     return rows
 
@@ -221,7 +224,7 @@ def write_report(cells: list[dict], out: Path, argv: list[str]) -> str:
              "log(area), the least any density on the manifold can have for these area-uniform toys (so about the KL "
              "divergence from the true density on the manifold to the model's), and the normal-space part minus its floor "
              "(codim/2 log(2 pi e s^2) for Gaussian noise s; noise-free data have none, the column is then the part "
-             "itself, which falls without bound as the fitted sigma shrinks). ~: cells from before the split was "
+             "itself, with no floor set by the data: it falls as the fitted sigma shrinks, until the fit's own precision levels off). ~: cells from before the split was "
              "recorded, whose normal part is codim/2 log(2 pi e sigma^2) of their finalized sigma (the value when the "
              "held-out residuals average codim sigma^2; see nll_parts)." + (
                  " Rows \"+ noise s\": the training and held-out points carry Gaussian noise of standard deviation s "
